@@ -1,0 +1,145 @@
+"""Stage 5: the INT8 artifact on disk, in two forms that plain PyTorch loads.
+
+- ``package``: an AOTInductor package (``.pt2``), compiled ahead of time under ``torch.no_grad()``
+  with weight freezing (without no_grad it runs at FP32 speed). Loads with
+  ``torch._inductor.aoti_load_package`` and runs at once; it is tied to the CPU ISA it was built for.
+- ``program``: a portable exported program (``torch.export.save``). Loads with
+  ``torch.export.load`` after ``import torch.ao.quantization.fx._decomposed``; ``torch.compile``
+  with ``torch._inductor.config.freezing = True`` then gives INT8 speed.
+
+Both carry qcli's metadata (JSON): format and version, the versions that wrote it, the source
+model's hash, the config, the calibration manifest, the quantized layers and, for the package, the
+CPU features it was compiled for. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qcli import __version__, engine, hardware
+from qcli.errors import ArtifactError
+from qcli.files import atomic_output, require_file
+from qcli.load import AOTI_PACKAGE, EXPORTED_PROGRAM, QCLI_EXTRA, detect_format
+
+ARTIFACT_FORMAT = "qcli-int8"
+ARTIFACT_VERSION = 1
+FORMS = ("package", "program", "both")
+PACKAGE_METADATA_KEY = "qcli"
+
+
+def base_metadata() -> dict[str, Any]:
+    import torch
+
+    return {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "qcli_version": __version__,
+        "torch_version": str(torch.__version__),
+        "torchao_version": engine.torchao_version(),
+    }
+
+
+def write_package(program: Any, path: Path, metadata: dict[str, Any]) -> None:
+    """AOT-compile ``program`` (frozen weights, no autograd) into a package at ``path``."""
+    import torch
+
+    meta = {**metadata, "form": "package", "cpu_capability": hardware.capability()}
+    with atomic_output(path) as tmp, torch.no_grad(), engine.quiet():
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(tmp),
+            inductor_configs={"freezing": True, "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)}},
+        )
+
+
+def write_program(program: Any, path: Path, metadata: dict[str, Any]) -> None:
+    import torch
+
+    meta = {**metadata, "form": "program"}
+    with atomic_output(path) as tmp, engine.quiet():
+        torch.export.save(program, str(tmp), extra_files={QCLI_EXTRA: json.dumps(meta, sort_keys=True)})
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """qcli's metadata of an artifact, read from the archive without loading any code."""
+    require_file(path, "artifact")
+    fmt = detect_format(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if fmt == AOTI_PACKAGE:
+                name = next((n for n in zf.namelist() if n.endswith("wrapper_metadata.json")), None)
+                raw = json.loads(zf.read(name)) if name else {}
+                meta = json.loads(raw[PACKAGE_METADATA_KEY]) if PACKAGE_METADATA_KEY in raw else None
+                if meta is not None:
+                    meta["compiled_isa"] = raw.get("AOTI_CPU_ISA", "")
+            elif fmt == EXPORTED_PROGRAM:
+                name = next((n for n in zf.namelist() if n.endswith(f"/extra/{QCLI_EXTRA}")), None)
+                meta = json.loads(zf.read(name)) if name else None
+            else:
+                meta = None
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError) as exc:
+        raise ArtifactError(f"artifact '{path}' is damaged ({exc}); convert the model again", path=path) from None
+    if meta is None or meta.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"'{path}' is not a qcli INT8 artifact (no qcli metadata); make one with `qcli convert`", path=path)
+    if meta.get("format_version") != ARTIFACT_VERSION:
+        raise ArtifactError(
+            f"artifact '{path}' has format version {meta.get('format_version')}; this qcli reads "
+            f"{ARTIFACT_VERSION}: convert the model again",
+            path=path,
+        )
+    return meta
+
+
+@dataclass
+class Artifact:
+    """A loaded INT8 artifact: call ``run(*inputs)``; ``metadata`` is qcli's JSON."""
+
+    path: Path
+    metadata: dict[str, Any]
+    runner: Any
+
+    @property
+    def form(self) -> str:
+        return str(self.metadata["form"])
+
+    def run(self, *inputs: Any) -> Any:
+        out = self.runner(*inputs)
+        if isinstance(out, (list, tuple)) and len(out) == 1:
+            return out[0]
+        return out
+
+
+def load_artifact(path: Path) -> Artifact:
+    """Load either form, checking format version and (for a package) the CPU features it needs."""
+    import torch
+
+    meta = read_metadata(path)
+    if meta["form"] == "package":
+        missing = hardware.missing_for(meta.get("compiled_isa", ""))
+        if missing:
+            raise ArtifactError(
+                f"artifact '{path}' was compiled for {meta.get('compiled_isa')} but this CPU lacks "
+                f"{', '.join(missing)}; convert again on this machine or use --form program",
+                path=path,
+            )
+        with engine.quiet():
+            runner = torch._inductor.aoti_load_package(str(path))
+        return Artifact(path, meta, runner)
+    import torch._inductor.config as inductor_config
+
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantize ops)
+
+    with engine.quiet():
+        program = torch.export.load(str(path))
+    inductor_config.freezing = True
+    compiled = torch.compile(program.module())
+
+    def run(*inputs: Any) -> Any:
+        with torch.no_grad(), engine.quiet():
+            return compiled(*inputs)
+
+    return Artifact(path, meta, run)

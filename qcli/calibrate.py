@@ -1,0 +1,242 @@
+"""Stage 3: run observers over calibration samples and keep their statistics.
+
+``prepare`` exports the model (dynamic batch) and inserts PT2E observers; ``observe`` streams
+batches through it; ``save_stats``/``load_stats`` keep the observers' state (min/max per tensor,
+2048-bin histograms for activations, per-channel ranges for weights) in a safetensors file, so
+``convert`` can reuse one calibration pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qcli import __version__, engine
+from qcli.data import Batch, InputSpec
+from qcli.errors import DataError, StatsError
+from qcli.files import atomic_output
+from qcli.load import LoadedModel
+
+STATS_FORMAT = "qcli-stats"
+STATS_VERSION = 1
+
+
+@dataclass
+class Prepared:
+    """An exported model with observers, and the example inputs it was traced with."""
+
+    graph: Any  # torch.fx.GraphModule
+    example: tuple[Any, ...]
+    spec: InputSpec
+    mode: str
+
+    def run(self, batch: Batch) -> Any:
+        return self.graph(*args_for(batch.inputs, self.spec))
+
+
+def args_for(inputs: dict[str, Any], spec: InputSpec) -> tuple[Any, ...]:
+    """Positional arguments in the model's input order (trailing inputs may be left out)."""
+    args = []
+    for name in spec.names:
+        if name not in inputs:
+            break
+        args.append(inputs[name])
+    if not args or len(args) != len(inputs):
+        raise DataError(f"samples give inputs {', '.join(inputs)} but the model takes {', '.join(spec.names)}")
+    return tuple(args)
+
+
+def example_from(batch: Batch, spec: InputSpec) -> tuple[Any, ...]:
+    """Example inputs for export: the first sample repeated to batch 2 (batch 1 would specialise)."""
+    return tuple(t[:1].repeat(2, *([1] * (t.ndim - 1))) for t in args_for(batch.inputs, spec))
+
+
+def prepare(loaded: LoadedModel, example: tuple[Any, ...], spec: InputSpec, mode: str = "static") -> Prepared:
+    import torch
+
+    if isinstance(loaded.module, torch.jit.ScriptModule):
+        from qcli.errors import UnsupportedModel
+
+        raise UnsupportedModel(
+            f"'{loaded.path}' is TorchScript, which qcli cannot quantize yet: torch.export's "
+            "TorchScript converter emits aten.convolution, which the X86 quantizer leaves in FP32, so "
+            "the result would silently be FP32; pass the state dict with --arch instead"
+        )
+    program = engine.export(loaded.module, example, spec.names)
+    return Prepared(engine.prepare_pt2e(program.module(), mode), example, spec, mode)
+
+
+def observe(prepared: Prepared, batches: Iterable[Batch]) -> Iterator[Batch]:
+    """Run each batch through the observers; yields the batches so callers can track progress."""
+    import torch
+
+    with torch.no_grad(), engine.quiet():
+        for batch in batches:
+            prepared.run(batch)
+            yield batch
+
+
+def stats_tensors(prepared: Prepared) -> dict[str, Any]:
+    """Every observer's state as flat tensors: ``<observer>.<buffer>``."""
+    out = {}
+    for name, obs in engine.observers(prepared.graph).items():
+        for key, value in obs.state_dict().items():
+            out[f"{name}.{key}"] = value.detach().clone().contiguous()
+    return out
+
+
+def observer_kinds(prepared: Prepared) -> dict[str, str]:
+    """Observer name → class name and the graph node it observes (to match stats to a graph)."""
+    kinds = {}
+    for node in prepared.graph.graph.nodes:
+        if node.op == "call_module" and "activation_post_process" in str(node.target):
+            obs = prepared.graph.get_submodule(node.target)
+            source = node.args[0].name if node.args else ""
+            kinds[str(node.target)] = f"{type(obs).__name__}:{source}"
+    return kinds
+
+
+def save_stats(path: Path, prepared: Prepared, metadata: dict[str, Any]) -> None:
+    """Write the statistics atomically with JSON metadata (model hash, files, config, input spec)."""
+    from safetensors.torch import save_file
+
+    header = {
+        "format": STATS_FORMAT,
+        "format_version": str(STATS_VERSION),
+        "qcli": json.dumps(
+            {
+                **metadata,
+                "qcli_version": __version__,
+                "torch_version": _torch_version(),
+                "torchao_version": engine.torchao_version(),
+                "mode": prepared.mode,
+                "observers": observer_kinds(prepared),
+                "example_shapes": [list(t.shape[1:]) for t in prepared.example],
+                "example_dtypes": [str(t.dtype).replace("torch.", "") for t in prepared.example],
+                "input_names": list(prepared.spec.names),
+            },
+            sort_keys=True,
+        ),
+    }
+    with atomic_output(path) as tmp:
+        save_file(stats_tensors(prepared), str(tmp), metadata=header)
+
+
+@dataclass(frozen=True)
+class Stats:
+    tensors: dict[str, Any]
+    meta: dict[str, Any]
+    path: Path
+
+    def example(self) -> tuple[Any, ...]:
+        """Zero inputs of the recorded shapes (batch 2), to re-export the model without data."""
+        import torch
+
+        return tuple(
+            torch.zeros([2, *shape], dtype=getattr(torch, dtype))
+            for shape, dtype in zip(self.meta["example_shapes"], self.meta["example_dtypes"], strict=True)
+        )
+
+
+def load_stats(path: Path) -> Stats:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as exc:
+        raise StatsError(f"'{path}' is not a qcli statistics file ({exc}); run `qcli calibrate` to make one", path=path) from None
+    if header.get("format") != STATS_FORMAT:
+        raise StatsError(f"'{path}' is a safetensors file but not qcli statistics; run `qcli calibrate` to make one", path=path)
+    if header.get("format_version") != str(STATS_VERSION):
+        raise StatsError(
+            f"'{path}' has statistics format version {header.get('format_version')}, this qcli reads "
+            f"{STATS_VERSION}; run `qcli calibrate` again",
+            path=path,
+        )
+    return Stats(tensors, json.loads(header["qcli"]), path)
+
+
+def apply_stats(prepared: Prepared, stats: Stats, model_sha256: str) -> None:
+    """Load saved observer states into a freshly prepared graph of the same model."""
+    if stats.meta.get("model_sha256") != model_sha256:
+        raise StatsError(
+            f"statistics '{stats.path}' were computed for another model (sha256 "
+            f"{str(stats.meta.get('model_sha256'))[:12]}…, this one {model_sha256[:12]}…); run `qcli calibrate` on this model",
+            path=stats.path,
+        )
+    if stats.meta.get("mode") != prepared.mode or stats.meta.get("observers") != observer_kinds(prepared):
+        raise StatsError(
+            f"statistics '{stats.path}' do not match this model's {prepared.mode} quantization graph; "
+            "calibrate again with the same --mode and this qcli/torch version",
+            path=stats.path,
+        )
+    for name, obs in engine.observers(prepared.graph).items():
+        prefix = f"{name}."
+        state = {k[len(prefix) :]: v for k, v in stats.tensors.items() if k.startswith(prefix)}
+        obs.load_state_dict(state)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+@dataclass
+class Calibration:
+    """The result of a calibration pass: the observed graph and what it was computed from."""
+
+    prepared: Prepared
+    manifest: dict[str, Any]
+
+
+def identity_track(items: Iterable[Batch], total: int | None) -> Iterable[Batch]:
+    return items
+
+
+def calibrate(
+    loaded: LoadedModel,
+    folder: Any,  # qcli.data.SampleFolder
+    *,
+    mode: str = "static",
+    batch_size: int = 32,
+    limit: int | None = None,
+    track: Any = identity_track,
+) -> Calibration:
+    """Export the model with the first sample's shape, then stream the folder through observers.
+
+    ``track(batches, total_samples)`` may wrap the batch stream (the CLI shows a progress bar).
+    """
+    from itertools import chain
+
+    from qcli.data import infer_input_spec
+
+    if limit is not None and limit <= 0:
+        raise DataError(f"--limit must be positive, not {limit}")
+    spec = infer_input_spec(loaded.module)
+    batches = folder.batches(spec, batch_size, limit)
+    first = next(batches)
+    check_dtypes(first, spec)
+    prepared = prepare(loaded, example_from(first, spec), spec, mode)
+    total = min(limit, len(folder.files)) if limit else len(folder.files)
+    used: list[str] = []
+    for batch in track(observe(prepared, chain([first], batches)), total):
+        used.extend(batch.files)
+    return Calibration(prepared, folder.manifest(used))
+
+
+def check_dtypes(batch: Batch, spec: InputSpec) -> None:
+    """A convolutional model takes floats: integer samples would be silently wrong or fail in export."""
+    if spec.ranks[0] is None:
+        return
+    tensor = batch.inputs[spec.single]
+    if not tensor.is_floating_point():
+        raise DataError(
+            f"samples ('{batch.files[0]}') hold {str(tensor.dtype).replace('torch.', '')} values but the model's "
+            "first layer is a convolution that takes floats; save normalised float tensors, or images"
+        )

@@ -1,0 +1,167 @@
+"""Configuration: frozen dataclasses that check themselves, read from TOML recipes in ``configs/``.
+
+A recipe has a ``[preprocess]`` section (how images become tensors) and one section per command
+(``[calibrate]``, ``[convert]``, ``[bench]``) whose keys are that command's option names
+(``batch_size`` or ``batch-size``). Explicit command-line flags win over the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from qcli.errors import ConfigError
+
+CHANNELS = ("auto", "grayscale", "rgb")
+COMMAND_SECTIONS = ("calibrate", "convert", "bench", "inspect")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image file becomes a CHW float tensor.
+
+    Pixels are scaled to [0, 1]; ``resize`` scales the shorter side to that many pixels (bilinear);
+    ``center_crop`` then cuts a square of that size; ``mean``/``std`` normalise per channel (one value
+    applies to every channel). ``channels="auto"`` follows the model's first convolution (1 input
+    channel → grayscale, otherwise RGB).
+    """
+
+    channels: str = "auto"
+    resize: int | None = None
+    center_crop: int | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNELS:
+            raise ConfigError(f"preprocess.channels must be one of {', '.join(CHANNELS)}, not '{self.channels}'", key="channels")
+        for key in ("resize", "center_crop"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"preprocess.{key} must be a positive integer, not {value!r}", key=key)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"preprocess.{key} must be a number or a list of numbers, not {value!r}", key=key)
+        if any(v <= 0 for v in self.std):
+            raise ConfigError("preprocess.std values must be positive", key="std")
+        if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
+            raise ConfigError("preprocess.mean and preprocess.std must have the same length", key="mean")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str = "config") -> PreprocessConfig:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for raw_key, value in data.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown key 'preprocess.{raw_key}' (known: {', '.join(sorted(known))})",
+                    key=raw_key,
+                )
+            if key in ("mean", "std"):
+                value = tuple(value) if isinstance(value, list) else (value,)
+            values[key] = value
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}", key=exc.key) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed TOML recipe: preprocessing plus per-command option defaults."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def option(self, command: str, name: str, explicit: Any, default: Any) -> Any:
+        """The value for option ``name`` of ``command``: explicit flag, else the file, else default."""
+        if explicit is not None:
+            return explicit
+        value = self.sections.get(command, {}).get(name)
+        if value is None:
+            return default
+        if default is not None and not _same_kind(value, default):
+            raise ConfigError(
+                f"{self.path}: '{command}.{name}' must be {type(default).__name__}, not {type(value).__name__} ({value!r})",
+                key=f"{command}.{name}",
+                path=self.path,
+            )
+        return value
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+# The options each command section may set, with their types (checked when the file is read).
+SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "calibrate": {"limit": int, "seed": int, "batch_size": int},
+    "convert": {"limit": int, "seed": int, "batch_size": int, "mode": str, "form": str},
+    "bench": {"batch_sizes": (str, list), "threads": int, "warmup": int, "runs": int, "max_drop": (int, float), "min_speedup": (int, float)},
+    "inspect": {},
+}
+
+
+def load_recipe(path: Path | None) -> Recipe:
+    """Read and check a TOML recipe; ``None`` gives the defaults."""
+    if path is None:
+        return Recipe()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist", path=path) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config '{path}' is a folder; pass a .toml file", path=path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}", path=path) from None
+    source = str(path)
+    unknown = sorted(set(data) - {"preprocess", *COMMAND_SECTIONS})
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section '[{unknown[0]}]' (known: preprocess, {', '.join(COMMAND_SECTIONS)})",
+            key=unknown[0],
+            path=path,
+        )
+    sections: dict[str, dict[str, Any]] = {}
+    for name in COMMAND_SECTIONS:
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: '{name}' must be a [section]", key=name, path=path)
+        section = {}
+        for raw_key, value in raw.items():
+            key = raw_key.replace("-", "_")
+            allowed = SECTION_KEYS[name]
+            if key not in allowed:
+                raise ConfigError(
+                    f"{source}: unknown key '{name}.{raw_key}' (known: {', '.join(sorted(allowed)) or 'none'})",
+                    key=f"{name}.{raw_key}",
+                    path=path,
+                )
+            if not isinstance(value, allowed[key]) or isinstance(value, bool):
+                raise ConfigError(
+                    f"{source}: '{name}.{raw_key}' has the wrong type ({type(value).__name__}: {value!r})",
+                    key=f"{name}.{raw_key}",
+                    path=path,
+                )
+            section[key] = value
+        sections[name] = section
+    raw_pre = data.get("preprocess", {})
+    if not isinstance(raw_pre, dict):
+        raise ConfigError(f"{source}: 'preprocess' must be a [section]", key="preprocess", path=path)
+    try:
+        preprocess = PreprocessConfig.from_mapping(raw_pre, source)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), key=exc.key, path=path) from None
+    return Recipe(preprocess, sections, path)

@@ -1,0 +1,181 @@
+"""Stage 4: turn an observed graph into an INT8 program.
+
+``quantize`` runs PT2E ``convert_pt2e`` (INT8 weights folded, quantize/dequantize pairs around the
+quantized ops); ``finalize`` drops the FP32 weights that conversion leaves behind, protects the
+caller's input tensors, and re-exports the result with a dynamic batch so it can be packaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qcli import engine
+from qcli.calibrate import Prepared
+from qcli.errors import UnsupportedModel
+
+QUANTIZABLE_OPS = {"conv1d": "Conv1d", "conv2d": "Conv2d", "conv3d": "Conv3d", "linear": "Linear"}
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """How one layer was quantized, as recorded in the artifact."""
+
+    name: str  # module path, as `qcli inspect` shows it
+    op: str
+    quantized: bool
+    weight_dtype: str | None
+    weight_scale_min: float | None
+    weight_scale_max: float | None
+    input_scale: float | None  # None for dynamic activations or FP32 inputs
+    input_zero_point: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def quantize(prepared: Prepared) -> Any:
+    return engine.convert_pt2e(prepared.graph)
+
+
+def module_name(node: Any) -> str:
+    """The module path a graph node came from (``layer1.conv1.0``), or the node name."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path = list(stack.values())[-1][0]
+        return str(path).replace("L['self'].", "").replace("L__self___", "")
+    return str(node.name)
+
+
+def layer_table(converted: Any) -> list[LayerQuant]:
+    """One entry per convolution/linear op of the converted graph, quantized or not."""
+    import torch
+
+    layers = []
+    for node in converted.graph.nodes:
+        op = getattr(node.target, "_opname", None) if node.op == "call_function" else None
+        if op not in QUANTIZABLE_OPS:
+            continue
+        x, w = node.args[0], node.args[1]
+        wq = w if getattr(w, "target", None) is not None and "dequantize_per_channel" in str(w.target) else None
+        scale = None
+        if wq is not None:
+            scale_node = wq.args[1]
+            scale = getattr(converted, str(scale_node.target)) if scale_node.op == "get_attr" else None
+        xq = x if "dequantize_per_tensor" in str(getattr(x, "target", "")) else None
+        in_scale = xq.args[1] if xq is not None and isinstance(xq.args[1], float) else None
+        in_zp = xq.args[2] if xq is not None and isinstance(xq.args[2], int) else None
+        layers.append(
+            LayerQuant(
+                name=module_name(node),
+                op=QUANTIZABLE_OPS[op],
+                quantized=wq is not None,
+                weight_dtype="int8" if wq is not None else "float32",
+                weight_scale_min=float(scale.min()) if isinstance(scale, torch.Tensor) else None,
+                weight_scale_max=float(scale.max()) if isinstance(scale, torch.Tensor) else None,
+                input_scale=float(in_scale) if in_scale is not None else None,
+                input_zero_point=int(in_zp) if in_zp is not None else None,
+            )
+        )
+    if not any(layer.quantized for layer in layers):
+        raise UnsupportedModel(
+            "no layer was quantized (qcli quantizes Conv2d and Linear layers; dynamic mode only Linear); "
+            "the artifact would be FP32, so none was written"
+        )
+    return layers
+
+
+def prune_unused(gm: Any) -> None:
+    """Delete parameters and buffers no graph node reads (the FP32 weights convert_pt2e leaves)."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+        if name in used:
+            continue
+        owner_path, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        delattr(owner, attr)
+
+
+def protect_inputs(gm: Any) -> None:
+    """Clone every tensor input first, so no fused in-place op can write into a caller's tensor.
+
+    A compiled INT8 model was seen to fuse a residual add in place into a graph input (oneDNN
+    "sum" post-op); working on a copy costs one memcpy of the input.
+    """
+    import torch
+
+    graph = gm.graph
+    for node in [n for n in graph.nodes if n.op == "placeholder"]:
+        with graph.inserting_after(node):
+            copy = graph.call_function(torch.ops.aten.clone.default, (node,))
+        node.replace_all_uses_with(copy, delete_user_cb=lambda user, c=copy: user is not c)
+    gm.recompile()
+
+
+def finalize(converted: Any, prepared: Prepared) -> Any:
+    """The converted graph as an ExportedProgram: pruned, input-safe, batch dimension dynamic."""
+    converted.graph.eliminate_dead_code()
+    prune_unused(converted)
+    protect_inputs(converted)
+    return engine.export(converted, prepared.example, prepared.spec.names)
+
+
+@dataclass
+class Conversion:
+    """What ``convert_model`` wrote."""
+
+    outputs: dict[str, str]  # form → path
+    metadata: dict[str, Any]
+    layers: list[LayerQuant]
+
+
+def program_path(out: Any) -> Any:
+    """Where ``--form both`` puts the exported program next to the package: ``x.pt2`` → ``x.program.pt2``."""
+    return out.with_name(out.stem + ".program" + (out.suffix or ".pt2"))
+
+
+def convert_model(
+    loaded: Any,  # qcli.load.LoadedModel
+    prepared: Prepared,
+    out: Any,  # pathlib.Path
+    *,
+    form: str = "package",
+    calibration: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Conversion:
+    """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
+    from qcli.artifact import base_metadata, write_package, write_program
+
+    converted = quantize(prepared)
+    layers = layer_table(converted)
+    program = finalize(converted, prepared)
+    metadata = {
+        **base_metadata(),
+        "mode": prepared.mode,
+        "method": "histogram" if prepared.mode == "static" else "dynamic",
+        "source": {
+            "file": loaded.path.name,
+            "sha256": loaded.sha256,
+            "format": loaded.format,
+            "arch": loaded.arch.target if loaded.arch else None,
+            "arch_kwargs": loaded.arch.kwargs if loaded.arch else None,
+            "parameters": loaded.num_parameters,
+            "size_bytes": loaded.size_bytes,
+        },
+        "inputs": [
+            {"name": n, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
+            for n, t in zip(prepared.spec.names, prepared.example, strict=False)
+        ],
+        "config": config or {},
+        "calibration": calibration or {},
+        "layers": [layer.to_dict() for layer in layers],
+    }
+    outputs = {}
+    if form in ("package", "both"):
+        write_package(program, out, metadata)
+        outputs["package"] = str(out)
+    if form in ("program", "both"):
+        target = out if form == "program" else program_path(out)
+        write_program(program, target, metadata)
+        outputs["program"] = str(target)
+    return Conversion(outputs, metadata, layers)

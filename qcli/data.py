@@ -1,0 +1,361 @@
+"""Stage 2: read a folder of samples (images or tensor files) as a stream of batches.
+
+Files are found recursively and ordered by their relative path, so the order never depends on the
+file system; ``seed`` shuffles that order reproducibly and ``limit`` keeps the first N samples.
+Readers are registered per file extension in ``READERS``. Every reader yields single samples as a
+mapping of input name to tensor (without the batch dimension); ``batches`` stacks them, so memory
+holds one batch at a time whatever the size of the folder.
+
+A folder whose samples all sit in sub-folders is also a labeled set: the sub-folder names, sorted,
+are the class names and their index is the label.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcli.config import PreprocessConfig
+from qcli.errors import DataError
+from qcli.files import require_dir, sha256_file
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+TENSOR_EXTS = (".pt", ".pth", ".npy", ".npz", ".safetensors")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes: input names in call order, and the rank of each (with batch), if known."""
+
+    names: tuple[str, ...]
+    ranks: tuple[int | None, ...]
+    channels: int | None = None  # input channels of the first convolution, for images
+
+    @property
+    def single(self) -> str:
+        return self.names[0]
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: dict[str, Any]  # name → tensor with a leading batch dimension
+    labels: Any | None  # int64 tensor, or None for an unlabeled folder
+    files: tuple[str, ...]  # relative path of the file each sample came from
+
+
+Reader = Callable[[Path, PreprocessConfig, InputSpec], Iterator[dict[str, Any]]]
+READERS: dict[str, Reader] = {}
+
+
+def reader(*exts: str) -> Callable[[Reader], Reader]:
+    def register(fn: Reader) -> Reader:
+        for ext in exts:
+            READERS[ext] = fn
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class SampleFolder:
+    """A folder of samples, listed once; reading happens lazily in ``samples``/``batches``."""
+
+    root: Path
+    files: tuple[Path, ...]
+    classes: tuple[str, ...] | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        preprocess: PreprocessConfig | None = None,
+        *,
+        seed: int | None = None,
+        what: str = "calibration folder",
+    ) -> SampleFolder:
+        require_dir(root, what)
+        files = sorted(
+            (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in READERS and not p.name.startswith(".")),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
+        if not files:
+            exts = " ".join(sorted(READERS))
+            raise DataError(
+                f"{what} '{root}' has no image or tensor files (looked for {exts}); pass a folder of samples",
+                path=root,
+            )
+        if seed is not None:
+            random.Random(seed).shuffle(files)
+        labeled = all(len(p.relative_to(root).parts) == 2 for p in files)
+        classes = tuple(sorted({p.relative_to(root).parts[0] for p in files})) if labeled else None
+        return cls(root, tuple(files), classes, preprocess or PreprocessConfig())
+
+    @property
+    def labeled(self) -> bool:
+        return self.classes is not None
+
+    def label_of(self, path: Path) -> int | None:
+        if self.classes is None:
+            return None
+        return self.classes.index(path.relative_to(self.root).parts[0])
+
+    def samples(self, spec: InputSpec, limit: int | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield (file, sample) pairs, at most ``limit`` of them, checking that each is finite."""
+        import torch
+
+        count = 0
+        for path in self.files:
+            for sample in READERS[path.suffix.lower()](path, self.preprocess, spec):
+                for name, tensor in sample.items():
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise DataError(f"sample '{self._rel(path)}' input '{name}' holds NaN or Inf values; remove or fix the file", path=path)
+                yield path, sample
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+    def batches(self, spec: InputSpec, batch_size: int = 32, limit: int | None = None) -> Iterator[Batch]:
+        """Stack samples into batches; every sample must match the first one's names and shapes."""
+        import torch
+
+        if batch_size <= 0:
+            raise DataError(f"batch size must be positive, not {batch_size}")
+        first: dict[str, tuple[tuple[int, ...], Any]] | None = None
+        pending: list[tuple[Path, dict[str, Any]]] = []
+
+        def flush() -> Batch:
+            inputs = {name: torch.stack([s[name] for _, s in pending]) for name in pending[0][1]}
+            labels = None
+            if self.labeled:
+                labels = torch.tensor([self.label_of(p) for p, _ in pending], dtype=torch.int64)
+            return Batch(inputs, labels, tuple(self._rel(p) for p, _ in pending))
+
+        for path, sample in self.samples(spec, limit):
+            layout = {name: (tuple(t.shape), t.dtype) for name, t in sample.items()}
+            if first is None:
+                first = layout
+            elif layout != first:
+                raise DataError(
+                    f"sample '{self._rel(path)}' has {_describe(layout)} but the first sample had "
+                    f"{_describe(first)}; make all samples the same size (for images set resize and "
+                    "center_crop in the config)",
+                    path=path,
+                )
+            pending.append((path, sample))
+            if len(pending) == batch_size:
+                yield flush()
+                pending = []
+        if pending:
+            yield flush()
+
+    def manifest(self, used: Iterable[str]) -> dict[str, Any]:
+        """Name and SHA-256 of each file used, in order: what a result was computed from."""
+        unique = list(dict.fromkeys(used))
+        return {
+            "root": self.root.name,
+            "count": len(unique),
+            "files": [{"path": rel, "sha256": sha256_file(self.root / rel)} for rel in unique],
+        }
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def _describe(layout: dict[str, tuple[tuple[int, ...], Any]]) -> str:
+    return ", ".join(f"{n} {list(shape)} {str(dtype).replace('torch.', '')}" for n, (shape, dtype) in layout.items())
+
+
+@reader(*IMAGE_EXTS)
+def read_image(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = _image_mode(pre, spec, img.mode)
+            img = img.convert(mode)
+            if pre.resize:
+                w, h = img.size
+                scale = pre.resize / min(w, h)
+                img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+            if pre.center_crop:
+                w, h = img.size
+                c = pre.center_crop
+                if c > w or c > h:
+                    raise DataError(f"image '{path}' is {w}x{h}, smaller than center_crop {c}; set resize in the config", path=path)
+                left, top = (w - c) // 2, (h - c) // 2
+                img = img.crop((left, top, left + c, top + c))
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"image '{path}' cannot be decoded ({exc}); remove or replace the file", path=path) from None
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    channels = tensor.shape[0]
+    mean = torch.tensor(_per_channel(pre.mean, channels, "mean"), dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(_per_channel(pre.std, channels, "std"), dtype=torch.float32).view(-1, 1, 1)
+    yield {spec.single: (tensor - mean) / std}
+
+
+def _image_mode(pre: PreprocessConfig, spec: InputSpec, mode: str) -> str:
+    if pre.channels == "grayscale":
+        return "L"
+    if pre.channels == "rgb":
+        return "RGB"
+    if spec.channels is not None:
+        return "L" if spec.channels == 1 else "RGB"
+    return "L" if mode in ("L", "I", "I;16", "1", "F") else "RGB"
+
+
+def _per_channel(values: tuple[float, ...], channels: int, key: str) -> list[float]:
+    if len(values) == channels:
+        return list(values)
+    if len(values) == 1:
+        return list(values) * channels
+    raise DataError(f"preprocess.{key} has {len(values)} values but images have {channels} channels")
+
+
+@reader(".pt", ".pth")
+def read_torch(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"sample '{path}' holds Python objects; qcli reads only tensors (weights_only=True)", path=path) from None
+    except Exception as exc:
+        raise DataError(f"sample '{path}' cannot be read as a torch.save file ({_short(exc)})", path=path) from None
+    yield from _split(_as_named(obj, path, spec), path, spec)
+
+
+@reader(".npy")
+def read_npy(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"sample '{path}' is not a valid .npy file ({_short(exc)})", path=path) from None
+    yield from _split(_as_named(array, path, spec), path, spec)
+
+
+@reader(".npz")
+def read_npz(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            named = {k: archive[k] for k in archive.files}
+    except Exception as exc:
+        raise DataError(f"sample '{path}' is not a valid .npz file ({_short(exc)})", path=path) from None
+    yield from _split(_as_named(named, path, spec), path, spec)
+
+
+@reader(".safetensors")
+def read_safetensors(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    try:
+        named = load_file(str(path))
+    except Exception as exc:
+        raise DataError(f"sample '{path}' is not a valid safetensors file ({_short(exc)})", path=path) from None
+    yield from _split(_as_named(named, path, spec), path, spec)
+
+
+def _as_named(obj: Any, path: Path, spec: InputSpec) -> dict[str, Any]:
+    """One tensor feeds the first input; a mapping feeds inputs by name."""
+    import numpy as np
+    import torch
+
+    def to_tensor(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            if value.dtype == object or not np.issubdtype(value.dtype, np.number) and value.dtype != np.bool_:
+                raise DataError(f"sample '{path}' holds a non-numeric array ({value.dtype})", path=path)
+            return torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, torch.Tensor):
+            return value
+        raise DataError(f"sample '{path}' holds {type(value).__name__}, not a tensor", path=path)
+
+    if isinstance(obj, dict):
+        named = {str(k): to_tensor(v) for k, v in obj.items()}
+        unknown = sorted(set(named) - set(spec.names))
+        if len(spec.names) == 1 and len(named) == 1:
+            return {spec.single: next(iter(named.values()))}
+        if unknown:
+            raise DataError(
+                f"sample '{path}' has tensors {', '.join(unknown)} that are not model inputs "
+                f"(the model takes {', '.join(spec.names)})",
+                path=path,
+            )
+        return named
+    return {spec.single: to_tensor(obj)}
+
+
+def _split(named: dict[str, Any], path: Path, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    """Yield single samples: a tensor one rank above the model's input (without batch) is a batch.
+
+    When the model's input rank is unknown, a tensor of rank 2 or more is read as a batch.
+    """
+    rank_of = dict(zip(spec.names, spec.ranks, strict=True))
+    batched = []
+    for name, tensor in named.items():
+        rank = rank_of.get(name)
+        batched.append(tensor.ndim == rank if rank is not None else tensor.ndim >= 2)
+    if not any(batched):
+        yield named
+        return
+    if not all(batched):
+        raise DataError(f"sample '{path}': some tensors have a batch dimension and some do not", path=path)
+    sizes = {t.shape[0] for t in named.values()}
+    if len(sizes) != 1:
+        raise DataError(f"sample '{path}': tensors have different batch sizes {sorted(sizes)}", path=path)
+    for i in range(sizes.pop()):
+        yield {name: t[i] for name, t in named.items()}
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def infer_input_spec(module: Any) -> InputSpec:
+    """Input names from ``forward``'s signature; rank and channels from the first convolution.
+
+    Works for plain modules, TorchScript modules and the modules of exported programs. Without a
+    convolution the rank stays unknown (``None``) and tensor files of rank >= 2 count as batches.
+    """
+    import inspect
+
+    import torch
+
+    names: list[str] = []
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    if schema is not None:  # TorchScript
+        names = [a.name for a in schema.arguments[1:]]
+    else:
+        try:
+            params = inspect.signature(module.forward).parameters.values()
+        except (TypeError, ValueError):
+            params = []  # type: ignore[assignment]
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not names:
+        names = ["input"]
+    rank, channels = None, None
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        kind = getattr(sub, "original_name", type(sub).__name__)
+        if isinstance(weight, torch.Tensor) and kind in ("Conv1d", "Conv2d", "Conv3d"):
+            rank = weight.ndim
+            channels = int(getattr(sub, "in_channels", weight.shape[1]))
+            break
+        if isinstance(weight, torch.Tensor) and kind in ("Linear", "Embedding"):
+            break
+    ranks = tuple([rank] + [None] * (len(names) - 1))
+    return InputSpec(tuple(names), ranks, channels)

@@ -1,0 +1,76 @@
+"""Architectures used by the demo, the tests and the benchmarks.
+
+``DigitNet`` is the demo model: a residual CNN for 28x28 grayscale digits (about 75k parameters).
+``ResNet18`` is a ResNet-18-class ImageNet network (11.7M parameters) of our own definition, used
+to measure INT8 speed on a model of realistic size; it has no pretrained weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+class BasicBlock(nn.Module):
+    """conv-bn-relu-conv-bn plus a shortcut (1x1 conv-bn when the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, stride)
+        self.conv2 = conv_bn(cout, cout)
+        self.relu = nn.ReLU()
+        self.shortcut = (
+            conv_bn(cin, cout, stride, kernel=1) if stride != 1 or cin != cout else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv1(x))
+        return self.relu(self.conv2(y) + self.shortcut(x))
+
+
+class DigitNet(nn.Module):
+    """Residual CNN for 1x28x28 digits: stem, three residual stages, global pooling, linear."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(1, width), nn.ReLU())
+        self.layer1 = BasicBlock(width, width)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2)
+        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 layout (He et al. 2016) for 3x224x224 inputs."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        stages = []
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+            cin = cout
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))

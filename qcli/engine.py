@@ -1,0 +1,132 @@
+"""The torch/torchao engine behind qcli: quiet imports, export with a dynamic batch, the quantizer.
+
+torchao prints warnings about CUDA extensions on import and torch 2.13 prints deprecation notices
+for APIs torchao still touches; none of them concern a CPU user, so ``quiet()`` hides them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from qcli.errors import UnsupportedModel
+
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._inductor", "torch._dynamo", "torch.export", "torch._export")
+MODES = ("static", "dynamic")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence library warnings and log lines that are noise for users; restore them afterwards."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def torchao_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchao")
+    except PackageNotFoundError:
+        return None
+
+
+def export(module: Any, example_args: tuple[Any, ...], names: tuple[str, ...]) -> Any:
+    """``torch.export`` with the batch dimension of every input dynamic (1 to 4096)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = tuple({0: batch} for _ in example_args)
+    with quiet():
+        try:
+            return torch.export.export(module, example_args, dynamic_shapes=dynamic)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UnsupportedModel(
+                f"torch.export cannot trace the model ({type(exc).__name__}: {first}); qcli needs a "
+                "model without data-dependent Python control flow"
+            ) from exc
+
+
+def quantizer(mode: str) -> Any:
+    """X86 Inductor quantizer: per-channel symmetric INT8 weights; activations static or dynamic."""
+    if mode not in MODES:
+        raise UnsupportedModel(f"mode '{mode}' is not supported (use {' or '.join(MODES)})")
+    with quiet():
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+        q = xiq.X86InductorQuantizer()
+        q.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic"))
+    return q
+
+
+def split_reused_modules(gm: Any) -> None:
+    """Give each call of a reused module (one ``nn.ReLU`` applied twice, as in ResNet) its own name.
+
+    The X86 quantizer groups graph nodes into partitions by the module they came from; two calls of
+    one module make a partition with two outputs, which it rejects ("Input partition has more than
+    one output node"). Nodes of one module that are not connected to each other are separate calls,
+    so the 2nd, 3rd... get ``#1``, ``#2``... appended to their innermost module path.
+    """
+    groups: dict[str, list[Any]] = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "call_function" else None
+        if stack:
+            groups.setdefault(list(stack.values())[-1][0], []).append(node)
+    for fqn, nodes in groups.items():
+        members = set(nodes)
+        parent = {n: n for n in nodes}
+
+        def find(n: Any) -> Any:
+            while parent[n] is not n:
+                n = parent[n]
+            return n
+
+        for n in nodes:
+            for arg in n.all_input_nodes:
+                if arg in members:
+                    parent[find(n)] = find(arg)
+        roots: list[Any] = []
+        for n in nodes:
+            root = find(n)
+            if root not in roots:
+                roots.append(root)
+            call = roots.index(root)
+            if call:
+                stack = dict(n.meta["nn_module_stack"])
+                key = list(stack)[-1]
+                stack[key] = (f"{fqn}#{call}", stack[key][1])
+                n.meta["nn_module_stack"] = stack
+
+
+def prepare_pt2e(graph: Any, mode: str) -> Any:
+    split_reused_modules(graph)
+    with quiet():
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as _prepare
+
+        return _prepare(graph, quantizer(mode))
+
+
+def convert_pt2e(prepared: Any) -> Any:
+    with quiet():
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e as _convert
+
+        return _convert(prepared)
+
+
+def observers(prepared: Any) -> dict[str, Any]:
+    """The observer modules PT2E inserted, by name, in graph order."""
+    order = [n.target for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target)]
+    return {name: prepared.get_submodule(name) for name in order}

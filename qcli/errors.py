@@ -1,0 +1,92 @@
+"""The one error hierarchy of qcli.
+
+Core code raises these; the CLI boundary (``qcli.cli.app.main``) turns each into one line on stderr
+and an exit code. Every message says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_GATE = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class QcliError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InputNotFound(QcliError):
+    """A path given by the user does not exist or is the wrong kind (file vs folder)."""
+
+
+class UnknownFormat(QcliError):
+    """A model file whose content is none of the formats qcli reads."""
+
+
+class ModelLoadError(QcliError):
+    """The file has a known format but could not be turned into a runnable model."""
+
+
+class StateDictMismatch(ModelLoadError):
+    """A state dict does not fit the architecture; carries the offending keys."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: list[str],
+        unexpected: list[str],
+        shapes: list[str],
+        path: Path | str | None = None,
+    ) -> None:
+        super().__init__(message, path=path)
+        self.missing, self.unexpected, self.shapes = missing, unexpected, shapes
+
+
+class ArchError(ModelLoadError):
+    """``--arch`` does not import, is not callable, or raised while building the model."""
+
+
+class DataError(QcliError):
+    """A calibration or evaluation folder that cannot be read, or samples that do not fit."""
+
+
+class ConfigError(QcliError):
+    """A bad TOML file, an unknown key or a value of the wrong type; carries the key and file."""
+
+    def __init__(self, message: str, *, key: str | None = None, path: Path | str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.key = key
+
+
+class StatsError(QcliError):
+    """A statistics file that is not qcli's, or was computed for another model."""
+
+
+class ArtifactError(QcliError):
+    """An INT8 artifact that is broken, of another version, or built for another CPU."""
+
+
+class UnsupportedModel(QcliError):
+    """The model loads but cannot be quantized by qcli (export fails, nothing to quantize, ...)."""
+
+
+class OutputError(QcliError):
+    """The output cannot be written: it exists (without ``--force``) or its folder is not writable."""
+
+
+class GateFailed(QcliError):
+    """A quality gate failed; the report and artifact were still written."""
+
+    exit_code = EXIT_GATE
