@@ -1,8 +1,10 @@
 """Stage 5: the INT8 artifact on disk, in two forms that plain PyTorch loads.
 
 - ``package``: an AOTInductor package (``.pt2``), compiled ahead of time under ``torch.no_grad()``
-  with weight freezing (without no_grad it runs at FP32 speed). Loads with
-  ``torch._inductor.aoti_load_package`` and runs at once; it is tied to the CPU ISA it was built for.
+  with weight freezing (without no_grad it runs at FP32 speed), one compiled model per batch size.
+  Loads with ``torch._inductor.aoti_load_package`` (the first batch size) or
+  ``torch._inductor.package.load_package(path, "batch16")`` and runs at once; it is tied to the CPU
+  ISA it was built for.
 - ``program``: a portable exported program (``torch.export.save``). Loads with
   ``torch.export.load`` after ``import torch.ao.quantization.fx._decomposed``; ``torch.compile``
   with ``torch._inductor.config.freezing = True`` then gives INT8 speed.
@@ -43,17 +45,39 @@ def base_metadata() -> dict[str, Any]:
     }
 
 
-def write_package(program: Any, path: Path, metadata: dict[str, Any]) -> None:
-    """AOT-compile ``program`` (frozen weights, no autograd) into a package at ``path``."""
-    import torch
+def package_model_name(batch_size: int, first: bool) -> str:
+    """Name of the compiled model for one batch size inside a package (the first is the default)."""
+    return "model" if first else f"batch{batch_size}"
 
-    meta = {**metadata, "form": "package", "cpu_capability": hardware.capability()}
+
+def write_package(graph: Any, example: tuple[Any, ...], path: Path, metadata: dict[str, Any], batch_sizes: list[int]) -> None:
+    """AOT-compile ``graph`` once per batch size (frozen weights, no autograd) into one package.
+
+    Each batch size is a static shape: in torch 2.13 an AOTInductor package of a quantized
+    program with a dynamic batch dimension *and* weight freezing computes wrong results (top-1
+    agreement 0 on the demo), while without freezing it runs at FP32 speed. The first batch size
+    is the package's default model; the others are named ``batch<N>``.
+    """
+    import torch
+    from torch._inductor.package import package_aoti
+
+    models = {str(b): package_model_name(b, i == 0) for i, b in enumerate(batch_sizes)}
+    meta = {**metadata, "form": "package", "cpu_capability": hardware.capability(), "package_models": models}
+    files: dict[str, Any] = {}
     with atomic_output(path) as tmp, torch.no_grad(), engine.quiet():
-        torch._inductor.aoti_compile_and_package(
-            program,
-            package_path=str(tmp),
-            inductor_configs={"freezing": True, "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)}},
-        )
+        for b in batch_sizes:
+            args = tuple(t[:1].repeat(b, *([1] * (t.ndim - 1))) for t in example)
+            program = torch.export.export(graph, args)
+            files[models[str(b)]] = torch._inductor.aot_compile(
+                program.module(),
+                args,
+                options={
+                    "aot_inductor.package": True,
+                    "freezing": True,
+                    "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
+                },
+            )
+        package_aoti(str(tmp), files)
 
 
 def write_program(program: Any, path: Path, metadata: dict[str, Any]) -> None:
@@ -113,6 +137,19 @@ class Artifact:
         return out
 
 
+def split_batch(batch: int, sizes_desc: list[int]) -> list[int] | None:
+    """Greedy split of ``batch`` rows into compiled batch sizes (largest first); None if impossible.
+
+    With 1 among the sizes every batch splits; e.g. 37 with [16, 1] gives [16, 16, 1, 1, 1, 1, 1].
+    """
+    plan, left = [], batch
+    for size in sizes_desc:
+        while left >= size:
+            plan.append(size)
+            left -= size
+    return plan if left == 0 else None
+
+
 def load_artifact(path: Path) -> Artifact:
     """Load either form, checking format version and (for a package) the CPU features it needs."""
     import torch
@@ -126,9 +163,32 @@ def load_artifact(path: Path) -> Artifact:
                 f"{', '.join(missing)}; convert again on this machine or use --form program",
                 path=path,
             )
+        from torch._inductor.package import load_package
+
         with engine.quiet():
-            runner = torch._inductor.aoti_load_package(str(path))
-        return Artifact(path, meta, runner)
+            runners = {int(b): load_package(str(path), name) for b, name in meta["package_models"].items()}
+
+        def run_package(*inputs: Any) -> Any:
+            """Run the compiled model of this batch size, or split the batch into compiled sizes."""
+            batch = int(inputs[0].shape[0])
+            if batch in runners:
+                return runners[batch](*inputs)
+            plan = split_batch(batch, sorted(runners, reverse=True))
+            if plan is None:
+                sizes = ", ".join(str(b) for b in sorted(runners))
+                raise ArtifactError(
+                    f"artifact '{path}' was compiled for batch sizes {sizes} and cannot run a batch of {batch}; "
+                    "convert with --package-batch-sizes including 1, or use the program form (any batch size)",
+                    path=path,
+                )
+            outs, start = [], 0
+            for size in plan:
+                out = runners[size](*(t[start : start + size] for t in inputs))
+                outs.append(out if isinstance(out, (list, tuple)) else [out])
+                start += size
+            return [torch.cat(parts) for parts in zip(*outs, strict=True)]
+
+        return Artifact(path, meta, run_package)
     import torch._inductor.config as inductor_config
 
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantize ops)

@@ -161,18 +161,25 @@ def load_stats(path: Path) -> Stats:
     return Stats(tensors, json.loads(header["qcli"]), path)
 
 
-def apply_stats(prepared: Prepared, stats: Stats, model_sha256: str) -> None:
-    """Load saved observer states into a freshly prepared graph of the same model."""
+def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
+    """Fail before any work when the statistics belong to another model or mode."""
     if stats.meta.get("model_sha256") != model_sha256:
         raise StatsError(
             f"statistics '{stats.path}' were computed for another model (sha256 "
             f"{str(stats.meta.get('model_sha256'))[:12]}…, this one {model_sha256[:12]}…); run `qcli calibrate` on this model",
             path=stats.path,
         )
-    if stats.meta.get("mode") != prepared.mode or stats.meta.get("observers") != observer_kinds(prepared):
+    if stats.meta.get("mode") != mode:
+        raise StatsError(f"statistics '{stats.path}' were collected for --mode {stats.meta.get('mode')}, not {mode}", path=stats.path)
+
+
+def apply_stats(prepared: Prepared, stats: Stats, model_sha256: str) -> None:
+    """Load saved observer states into a freshly prepared graph of the same model."""
+    check_stats(stats, model_sha256, prepared.mode)
+    if stats.meta.get("observers") != observer_kinds(prepared):
         raise StatsError(
-            f"statistics '{stats.path}' do not match this model's {prepared.mode} quantization graph; "
-            "calibrate again with the same --mode and this qcli/torch version",
+            f"statistics '{stats.path}' do not match this model's quantization graph; "
+            "calibrate again with this qcli/torch version",
             path=stats.path,
         )
     for name, obs in engine.observers(prepared.graph).items():
@@ -227,7 +234,7 @@ def calibrate(
     used: list[str] = []
     for batch in track(observe(prepared, chain([first], batches)), total):
         used.extend(batch.files)
-    return Calibration(prepared, folder.manifest(used))
+    return Calibration(prepared, {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit})
 
 
 def check_dtypes(batch: Batch, spec: InputSpec) -> None:

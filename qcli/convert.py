@@ -112,12 +112,12 @@ def protect_inputs(gm: Any) -> None:
     gm.recompile()
 
 
-def finalize(converted: Any, prepared: Prepared) -> Any:
-    """The converted graph as an ExportedProgram: pruned, input-safe, batch dimension dynamic."""
+def finalize(converted: Any) -> Any:
+    """The converted graph made ready to save: FP32 leftovers pruned, inputs protected."""
     converted.graph.eliminate_dead_code()
     prune_unused(converted)
     protect_inputs(converted)
-    return engine.export(converted, prepared.example, prepared.spec.names)
+    return converted
 
 
 @dataclass
@@ -140,15 +140,21 @@ def convert_model(
     out: Any,  # pathlib.Path
     *,
     form: str = "package",
+    package_batch_sizes: list[int] | None = None,
     calibration: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
     from qcli.artifact import base_metadata, write_package, write_program
 
+    import torch
+
     converted = quantize(prepared)
     layers = layer_table(converted)
-    program = finalize(converted, prepared)
+    with torch.no_grad(), engine.quiet():
+        outs = converted(*prepared.example)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    graph = finalize(converted)
     metadata = {
         **base_metadata(),
         "mode": prepared.mode,
@@ -166,16 +172,21 @@ def convert_model(
             {"name": n, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
             for n, t in zip(prepared.spec.names, prepared.example, strict=False)
         ],
+        "outputs": [
+            {"shape": ["batch", *o.shape[1:]], "dtype": str(o.dtype).replace("torch.", "")}
+            for o in outs
+            if isinstance(o, torch.Tensor)
+        ],
         "config": config or {},
         "calibration": calibration or {},
         "layers": [layer.to_dict() for layer in layers],
     }
     outputs = {}
     if form in ("package", "both"):
-        write_package(program, out, metadata)
+        write_package(graph, prepared.example, out, metadata, package_batch_sizes or [1, 16])
         outputs["package"] = str(out)
     if form in ("program", "both"):
         target = out if form == "program" else program_path(out)
-        write_program(program, target, metadata)
+        write_program(engine.export(graph, prepared.example, prepared.spec.names), target, metadata)
         outputs["program"] = str(target)
     return Conversion(outputs, metadata, layers)

@@ -87,6 +87,10 @@ class OutputError(QcliError):
 
 
 class GateFailed(QcliError):
-    """A quality gate failed; the report and artifact were still written."""
+    """A quality gate failed; the report and artifact were still written. Carries the report."""
 
     exit_code = EXIT_GATE
+
+    def __init__(self, message: str, *, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,3 @@
+from qcli.cli.app import main
+
+main()

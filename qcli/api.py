@@ -1,0 +1,277 @@
+"""One function per command, usable from Python without the CLI; each returns a JSON-ready report.
+
+``track`` arguments accept a callable ``(iterable, total) -> iterable`` that the CLI uses for a
+progress bar; the default does nothing.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qcli import __version__, engine, hardware
+from qcli.calibrate import Stats, apply_stats, calibrate, check_stats, identity_track, load_stats, prepare, save_stats
+from qcli.config import Recipe
+from qcli.data import SampleFolder, infer_input_spec
+from qcli.errors import DataError, GateFailed, QcliError
+from qcli.files import check_output, require_file, sha256_file
+from qcli.load import ArchSpec, load_model
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Options shared by ``calibrate`` and ``convert --calib-dir``; checked on creation."""
+
+    limit: int | None = None
+    seed: int | None = None
+    batch_size: int = 32
+    mode: str = "static"
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit <= 0:
+            raise DataError(f"--limit must be a positive number of samples, not {self.limit}")
+        if self.batch_size <= 0:
+            raise DataError(f"--batch-size must be positive, not {self.batch_size}")
+        if self.mode not in engine.MODES:
+            raise QcliError(f"--mode must be one of {', '.join(engine.MODES)}, not '{self.mode}'")
+
+
+def calibrate_model(
+    model: Path,
+    calib_dir: Path,
+    out: Path,
+    *,
+    arch: ArchSpec | None = None,
+    recipe: Recipe | None = None,
+    options: CalibrationOptions | None = None,
+    force: bool = False,
+    track: Any = identity_track,
+) -> dict[str, Any]:
+    """``qcli calibrate``: observe the folder and write the statistics file."""
+    recipe, options = recipe or Recipe(), options or CalibrationOptions()
+    check_output(out, force)
+    loaded = load_model(model, arch)
+    folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
+    result = calibrate(loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track)
+    config = {"preprocess": recipe.preprocess.to_dict(), "recipe": str(recipe.path) if recipe.path else None, "seed": options.seed}
+    save_stats(out, result.prepared, {"model_sha256": loaded.sha256, "model_file": loaded.path.name, "calibration": result.manifest, "config": config})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": "calibrate",
+        "model": {"path": str(model), "format": loaded.format, "sha256": loaded.sha256},
+        "stats": {"path": str(out), "size_bytes": out.stat().st_size, "observers": len(engine.observers(result.prepared.graph))},
+        "samples": result.manifest["samples"],
+        "mode": options.mode,
+    }
+
+
+def convert_model_file(
+    model: Path,
+    out: Path,
+    *,
+    stats: Path | None = None,
+    calib_dir: Path | None = None,
+    arch: ArchSpec | None = None,
+    recipe: Recipe | None = None,
+    options: CalibrationOptions | None = None,
+    form: str = "package",
+    package_batch_sizes: list[int] | None = None,
+    force: bool = False,
+    track: Any = identity_track,
+) -> dict[str, Any]:
+    """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact."""
+    from qcli.convert import convert_model, program_path
+
+    recipe, options = recipe or Recipe(), options or CalibrationOptions()
+    if (stats is None) == (calib_dir is None):
+        raise QcliError("pass exactly one of --stats STATS.safetensors or --calib-dir DIR")
+    check_output(out, force)
+    if form == "both":
+        check_output(program_path(out), force)
+    loaded = load_model(model, arch)
+    if stats is not None:
+        require_file(stats, "statistics file")
+        saved: Stats = load_stats(stats)
+        spec = infer_input_spec(loaded.module)
+        check_stats(saved, loaded.sha256, options.mode)
+        prepared = prepare(loaded, saved.example(), spec, options.mode)
+        apply_stats(prepared, saved, loaded.sha256)
+        calibration = {**saved.meta.get("calibration", {}), "stats_file": stats.name, "stats_sha256": sha256_file(stats)}
+        config = saved.meta.get("config", {})
+    else:
+        assert calib_dir is not None
+        folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
+        result = calibrate(loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track)
+        prepared, calibration = result.prepared, result.manifest
+        config = {"preprocess": recipe.preprocess.to_dict(), "recipe": str(recipe.path) if recipe.path else None, "seed": options.seed}
+    conversion = convert_model(
+        loaded, prepared, out, form=form, package_batch_sizes=package_batch_sizes, calibration=calibration, config=config
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": "convert",
+        "model": {"path": str(model), "format": loaded.format, "size_bytes": loaded.size_bytes},
+        "outputs": {f: {"path": p, "size_bytes": Path(p).stat().st_size} for f, p in conversion.outputs.items()},
+        "mode": prepared.mode,
+        "quantized_layers": sum(1 for la in conversion.layers if la.quantized),
+        "layers": [la.to_dict() for la in conversion.layers],
+        "calibration_samples": calibration.get("samples"),
+    }
+
+
+def bench_model(
+    model: Path,
+    artifact_path: Path | None,
+    *,
+    arch: ArchSpec | None = None,
+    eval_dir: Path | None = None,
+    calib_dir: Path | None = None,
+    recipe: Recipe | None = None,
+    batch_sizes: list[int] | None = None,
+    threads: int | None = None,
+    warmup: int = 3,
+    runs: int = 20,
+    eval_limit: int | None = None,
+    max_drop: float | None = None,
+    min_speedup: float | None = None,
+    track: Any = identity_track,
+) -> dict[str, Any]:
+    """``qcli bench``: FP32 eager, FP32 compiled and INT8 side by side; accuracy; gates.
+
+    Without an artifact, the model is quantized first from ``calib_dir`` into a temporary file.
+    Raises ``GateFailed`` (exit 3) after the report is complete; the report is its ``report``.
+    """
+    import torch
+
+    from qcli import bench
+    from qcli.artifact import load_artifact, read_metadata
+    from qcli.evaluate import evaluate
+
+    recipe = recipe or Recipe()
+    batch_sizes = batch_sizes or [1, 16]
+    if any(b <= 0 for b in batch_sizes):
+        raise QcliError(f"--batch-sizes must be positive integers, not {batch_sizes}")
+    if threads is not None:
+        if threads <= 0:
+            raise QcliError(f"--threads must be positive, not {threads}")
+        torch.set_num_threads(threads)
+    with bench.temp_workdir() as tmp:
+        workdir = Path(tmp)
+        if artifact_path is None:
+            if calib_dir is None:
+                raise QcliError("pass an INT8 artifact to compare with, or --calib-dir to quantize the model first")
+            artifact_path = workdir / "int8.pt2"
+            convert_model_file(
+                model, artifact_path, calib_dir=calib_dir, arch=arch, recipe=recipe, package_batch_sizes=batch_sizes, track=track
+            )
+        meta = read_metadata(artifact_path)
+        source = meta.get("source") or {}
+        if arch is None and source.get("arch"):
+            arch = ArchSpec(source["arch"], source.get("arch_kwargs") or {})
+        loaded = load_model(model, arch)
+        if source.get("sha256") and source["sha256"] != loaded.sha256:
+            raise QcliError(
+                f"artifact '{artifact_path}' was made from another model (sha256 {source['sha256'][:12]}…); "
+                f"pass the FP32 model it was converted from"
+            )
+        spec = infer_input_spec(loaded.module)
+        artifact = load_artifact(artifact_path)
+        example = _bench_example(meta, spec, eval_dir or calib_dir, recipe)
+        if meta["form"] == "package":
+            compiled = sorted(int(b) for b in meta["package_models"])
+            missing = [b for b in batch_sizes if b not in compiled]
+            if missing:
+                raise QcliError(
+                    f"artifact '{artifact_path}' was compiled for batch sizes {', '.join(map(str, compiled))}; "
+                    f"bench --batch-sizes within those, or convert with --package-batch-sizes {','.join(map(str, batch_sizes))}"
+                )
+        fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec.names, batch_sizes, workdir)
+
+        def eager(*args: Any) -> Any:
+            return loaded.module(*args)
+
+        runners = {bench.FP32_EAGER: eager, bench.FP32_COMPILED: fp32_package, bench.INT8: artifact.run}
+        timings = bench.benchmark(runners, example, batch_sizes, warmup=warmup, runs=runs)
+        accuracy = None
+        if eval_dir is not None:
+            folder = SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder")
+            accuracy = evaluate(eager, artifact.run, folder, spec, limit=eval_limit, track=track)
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "command": "bench",
+            "model": {"path": str(model), "format": loaded.format, "size_bytes": loaded.size_bytes, "parameters": loaded.num_parameters},
+            "artifact": {"path": str(artifact_path), "form": meta["form"], "mode": meta.get("mode"), "size_bytes": artifact_path.stat().st_size},
+            "fp32_compiled_size_bytes": fp32_size,
+            "environment": environment(),
+            "latency": [t.to_dict() for t in timings],
+            "accuracy": accuracy.to_dict() if accuracy else None,
+        }
+    report["gates"] = gates(report, accuracy, timings, max_drop, min_speedup)
+    if not report["gates"]["passed"]:
+        raise GateFailed("; ".join(report["gates"]["failures"]), report=report)
+    return report
+
+
+def _bench_example(meta: dict[str, Any], spec: Any, folder_path: Path | None, recipe: Recipe) -> tuple[Any, ...]:
+    """Up to 16 real samples from the evaluation (or calibration) folder; else seeded random inputs."""
+    import torch
+
+    if folder_path is not None:
+        folder = SampleFolder.open(folder_path, recipe.preprocess, seed=0, what="sample folder")
+        batch = next(folder.batches(spec, batch_size=16, limit=16))
+        from qcli.calibrate import args_for
+
+        return args_for(batch.inputs, spec)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for item in meta.get("inputs", []):
+        shape = [16, *item["shape"][1:]]
+        dtype = getattr(torch, item["dtype"])
+        out.append(torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype))
+    if not out:
+        raise QcliError("the artifact records no input shapes; pass --eval-dir with samples")
+    return tuple(out)
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "threads": torch.get_num_threads(),
+        "torch_version": str(torch.__version__),
+        "torchao_version": engine.torchao_version(),
+        "qcli_version": __version__,
+        "python": platform.python_version(),
+        "cpu_capability": hardware.capability(),
+        "cpu_features": hardware.int8_features(),
+        "machine": platform.machine(),
+    }
+
+
+def gates(report: dict[str, Any], accuracy: Any, timings: list[Any], max_drop: float | None, min_speedup: float | None) -> dict[str, Any]:
+    """Check ``--max-drop`` (points) and ``--min-speedup`` (INT8 vs FP32 compiled, every batch size)."""
+    failures = []
+    if max_drop is not None:
+        if accuracy is None:
+            failures.append("--max-drop needs --eval-dir to measure accuracy")
+        elif accuracy.drop > max_drop:
+            what = "top-1 accuracy" if accuracy.labeled else "top-1 agreement with FP32"
+            failures.append(f"{what} dropped {accuracy.drop:.2f} points, more than --max-drop {max_drop:g}")
+    if min_speedup is not None:
+        for t in timings:
+            ratio = t.speedup("fp32_compiled")
+            if ratio is not None and ratio < min_speedup:
+                failures.append(f"INT8 is {ratio:.2f}x FP32 compiled at batch {t.batch_size}, under --min-speedup {min_speedup:g}")
+    return {"max_drop": max_drop, "min_speedup": min_speedup, "passed": not failures, "failures": failures}
+
+
+def inspect_path(path: Path, arch: ArchSpec | None = None) -> dict[str, Any]:
+    """``qcli inspect``."""
+    from qcli.describe import describe
+
+    require_file(path, "model")
+    return describe(path, arch)

@@ -1,0 +1,90 @@
+"""The ``qcli`` command: registers the four commands and maps errors to exit codes.
+
+Exit codes: 0 success; 1 error (bad input, load failure, unsupported model); 2 usage error;
+3 a gate failed (the report and artifact are still written); 130/143 interrupted (SIGINT/SIGTERM).
+Set QCLI_DEBUG=1 to see the traceback of an error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from types import FrameType
+
+import typer
+
+from qcli import __version__
+from qcli.cli import bench, calibrate, convert, inspect
+from qcli.errors import EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM, QcliError
+
+EPILOG = (
+    "Exit codes: 0 success, 1 error, 2 usage error, 3 gate failed (report still written), "
+    "130/143 interrupted. QCLI_DEBUG=1 shows tracebacks."
+)
+
+app = typer.Typer(
+    name="qcli",
+    help="Quantize saved PyTorch models to INT8 and prove the result: FP32-vs-INT8 latency and accuracy.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+app.command("inspect", epilog=EPILOG)(inspect.inspect_command)
+app.command("calibrate", epilog=EPILOG)(calibrate.calibrate_command)
+app.command("convert", epilog=EPILOG)(convert.convert_command)
+app.command("bench", epilog=EPILOG)(bench.bench_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"qcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Quantize saved PyTorch models to INT8 and prove the result."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM: unwinds like KeyboardInterrupt (atomic writes clean up), exits 130/143."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+
+
+def main() -> None:
+    """Entry point: run the app; turn qcli errors into one line on stderr and an exit code."""
+    debug = os.environ.get("QCLI_DEBUG", "") not in ("", "0")
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        app(prog_name="qcli")
+    except QcliError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"qcli: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        print("qcli: interrupted; no partial output was left", file=sys.stderr)
+        sys.exit(exc.code)
+    except Exception as exc:  # a bug in qcli or its libraries: still one line unless debugging
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"qcli: internal error: {type(exc).__name__}: {first} (set QCLI_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""``qcli calibrate``: observer statistics of a calibration folder, saved for ``convert --stats``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qcli.cli import render
+from qcli.cli.common import arch_spec, recipe
+from qcli.cli.options import ArchKwargsOpt, ArchOpt, BatchSizeOpt, ConfigOpt, ForceOpt, LimitOpt, ModelArg, ModeOpt, OutputFormat, QuietOpt, SeedOpt
+
+
+def calibrate_command(
+    model: ModelArg,
+    calib_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder of images or tensor files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Statistics file to write (.safetensors).")],
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    config: ConfigOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    mode: ModeOpt = None,
+    force: ForceOpt = False,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run observers over CALIB_DIR and write per-tensor ranges and histograms to a safetensors file.
+
+    Example: qcli calibrate digits.safetensors --arch qcli.demo.model:DigitNet calib/ -o stats.safetensors
+    """
+    from qcli.api import CalibrationOptions, calibrate_model
+
+    rec = recipe(config)
+    options = CalibrationOptions(
+        limit=rec.option("calibrate", "limit", limit, None),
+        seed=rec.option("calibrate", "seed", seed, None),
+        batch_size=rec.option("calibrate", "batch_size", batch_size, 32),
+        mode=mode.value if mode else "static",
+    )
+    report = calibrate_model(
+        model, calib_dir, output, arch=arch_spec(arch, arch_kwargs), recipe=rec, options=options, force=force,
+        track=render.tracker(quiet, "calibrating"),
+    )
+    if format is OutputFormat.json:
+        print(render.to_json(report))
+        return
+    stats = report["stats"]
+    render.stdout.print(
+        f"wrote {stats['path']} ({render.fmt_bytes(stats['size_bytes'])}): {stats['observers']} observers "
+        f"over {report['samples']} samples ({report['mode']})",
+        markup=False, highlight=False,
+    )

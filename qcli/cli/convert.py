@@ -1,0 +1,61 @@
+"""``qcli convert``: write the INT8 artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qcli.cli import render
+from qcli.cli.common import arch_spec, parse_batch_sizes, recipe
+from qcli.cli.options import ArchKwargsOpt, ArchOpt, BatchSizeOpt, ConfigOpt, ForceOpt, Form, LimitOpt, ModelArg, ModeOpt, OutputFormat, QuietOpt, SeedOpt
+
+
+def convert_command(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Artifact to write (.pt2).")],
+    stats: Annotated[Path | None, typer.Option("--stats", exists=True, dir_okay=False, help="Statistics from `qcli calibrate`.")] = None,
+    calib_dir: Annotated[Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Calibrate on this folder first.")] = None,
+    mode: ModeOpt = None,
+    form: Annotated[Form | None, typer.Option("--form", help="package (AOTInductor, deployable), program (exported, portable) or both (program at NAME.program.pt2).")] = None,
+    package_batch_sizes: Annotated[str | None, typer.Option("--package-batch-sizes", help="Batch sizes the package is compiled for, one model each (default 1,16).")] = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    config: ConfigOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    force: ForceOpt = False,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
+    quiet: QuietOpt = False,
+) -> None:
+    """Quantize MODEL to INT8 (static by default) and write an artifact plain PyTorch can run.
+
+    Example: qcli convert digits.safetensors --arch qcli.demo.model:DigitNet --stats stats.safetensors -o digits-int8.pt2
+    """
+    from qcli.api import CalibrationOptions, convert_model_file
+
+    rec = recipe(config)
+    options = CalibrationOptions(
+        limit=rec.option("convert", "limit", limit, None),
+        seed=rec.option("convert", "seed", seed, None),
+        batch_size=rec.option("convert", "batch_size", batch_size, 32),
+        mode=rec.option("convert", "mode", mode.value if mode else None, "static"),
+    )
+    report = convert_model_file(
+        model, output, stats=stats, calib_dir=calib_dir, arch=arch_spec(arch, arch_kwargs), recipe=rec, options=options,
+        form=rec.option("convert", "form", form.value if form else None, "package"), force=force,
+        package_batch_sizes=parse_batch_sizes(rec.option("convert", "package_batch_sizes", package_batch_sizes, "1,16")),
+        track=render.tracker(quiet, "calibrating"),
+    )
+    if format is OutputFormat.json:
+        print(render.to_json(report))
+        return
+    for name, out in report["outputs"].items():
+        render.stdout.print(f"wrote {out['path']} ({name}, {render.fmt_bytes(out['size_bytes'])})", markup=False, highlight=False)
+    render.stdout.print(
+        f"{report['quantized_layers']} of {len(report['layers'])} conv/linear layers INT8 ({report['mode']}); "
+        f"model file was {render.fmt_bytes(report['model']['size_bytes'])}",
+        markup=False, highlight=False,
+    )

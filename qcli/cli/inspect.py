@@ -1,0 +1,32 @@
+"""``qcli inspect``: what a model or an INT8 artifact holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qcli.cli import render
+from qcli.cli.common import arch_spec
+from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat
+
+
+def inspect_command(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A model file or a qcli INT8 artifact.")],
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json or markdown.")] = OutputFormat.table,
+) -> None:
+    """Show a model's format, size, inputs and layers, or what an INT8 artifact quantized and how.
+
+    Example: qcli inspect qcli/demo/weights/digits.safetensors --arch qcli.demo.model:DigitNet
+    """
+    from qcli.api import inspect_path
+
+    report = inspect_path(path, arch_spec(arch, arch_kwargs))
+    if format is OutputFormat.json:
+        print(render.to_json(report))
+        return
+    tables, lines = render.inspect_tables(report)
+    render.emit(tables, lines, format.value)

@@ -1,0 +1,63 @@
+"""Pure math for accuracy and latency reports. Each function states its degenerate cases."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def sqnr_db(signal_power: float, noise_power: float) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10 * log10(sum(ref**2) / sum((ref - q)**2))``.
+
+    Takes the two sums (so they can be accumulated over batches). No noise gives ``inf``; noise
+    on an all-zero signal gives ``-inf``; both zero (all-zero reference reproduced exactly) is ``inf``.
+    """
+    if noise_power <= 0.0:
+        return math.inf
+    if signal_power <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal_power / noise_power)
+
+
+def power_sums(ref: Any, test: Any) -> tuple[float, float]:
+    """(sum of ref², sum of (ref - test)²) in float64, for ``sqnr_db``."""
+    ref64, test64 = ref.double(), test.double()
+    return float((ref64 * ref64).sum()), float(((ref64 - test64) ** 2).sum())
+
+
+def cosine_per_sample(ref: Any, test: Any) -> Any:
+    """Cosine similarity of each sample's flattened outputs (a tensor of length batch).
+
+    Two all-zero vectors are identical (1.0); one all-zero vector against a non-zero one is 0.0.
+    """
+    import torch
+
+    a = ref.reshape(ref.shape[0], -1).double()
+    b = test.reshape(test.shape[0], -1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a * b).sum(dim=1) / (na * nb).clamp_min(1e-300)
+    both_zero = (na == 0) & (nb == 0)
+    return torch.where(both_zero, torch.ones_like(cos), torch.where((na == 0) | (nb == 0), torch.zeros_like(cos), cos))
+
+
+def topk_hits(logits: Any, labels: Any, k: int) -> int:
+    """How many rows have their label among the ``k`` largest logits (k is capped at the class count)."""
+    k = min(k, logits.shape[-1])
+    top = logits.topk(k, dim=-1).indices
+    return int((top == labels.unsqueeze(-1)).any(dim=-1).sum())
+
+
+def top1_agreement_hits(ref: Any, test: Any) -> int:
+    """How many rows have the same arg-max in both outputs (ties go to the lowest index in both)."""
+    return int((ref.argmax(dim=-1) == test.argmax(dim=-1)).sum())
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of a non-empty sequence; q in [0, 100]."""
+    if not values:
+        raise ValueError("percentile of an empty sequence")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)

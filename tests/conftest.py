@@ -1,0 +1,69 @@
+"""Shared fixtures. The expensive ones (AOTInductor compiles, ~15-40 s each) are session-scoped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qcli import demo
+from qcli.api import CalibrationOptions, convert_model_file
+from qcli.config import PreprocessConfig, load_recipe
+from qcli.data import SampleFolder, infer_input_spec
+from qcli.load import ArchSpec, load_model
+
+from models import residual_mlp
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_RECIPE = ROOT / "configs" / "mnist.toml"
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    return load_model(demo.WEIGHTS, ArchSpec.parse(demo.ARCH))
+
+
+@pytest.fixture(scope="session")
+def mnist_preprocess() -> PreprocessConfig:
+    return load_recipe(MNIST_RECIPE).preprocess
+
+
+@pytest.fixture(scope="session")
+def demo_spec(demo_model):
+    return infer_input_spec(demo_model.module)
+
+
+@pytest.fixture(scope="session")
+def eval_batch(demo_spec, mnist_preprocess):
+    """400 held-out digits as one batch (x, labels)."""
+    folder = SampleFolder.open(demo.EVAL_DIR, mnist_preprocess, seed=0)
+    batch = next(folder.batches(demo_spec, batch_size=400, limit=400))
+    return batch.inputs["x"], batch.labels
+
+
+@pytest.fixture(scope="session")
+def demo_artifacts(tmp_path_factory):
+    """The demo quantized once: package and program (one AOTInductor compile)."""
+    out = tmp_path_factory.mktemp("demo") / "digits-int8.pt2"
+    report = convert_model_file(
+        demo.WEIGHTS,
+        out,
+        calib_dir=demo.CALIB_DIR,
+        arch=ArchSpec.parse(demo.ARCH),
+        recipe=load_recipe(MNIST_RECIPE),
+        options=CalibrationOptions(limit=128),
+        form="both",
+    )
+    return {form: Path(info["path"]) for form, info in report["outputs"].items()} | {"report": report}
+
+
+@pytest.fixture(scope="session")
+def residual_model_file(tmp_path_factory) -> tuple[Path, Path]:
+    """ResidualMLP as a state dict plus a folder of 64 tensor samples (one .pt file of a batch)."""
+    root = tmp_path_factory.mktemp("residual")
+    torch.save(residual_mlp().state_dict(), root / "model.pt")
+    calib = root / "calib"
+    calib.mkdir()
+    torch.save(torch.randn(64, 64, generator=torch.Generator().manual_seed(1)), calib / "batch.pt")
+    return root / "model.pt", calib
