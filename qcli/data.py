@@ -227,7 +227,8 @@ def read_torch(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[d
     import torch
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise DataError(f"sample '{path}' holds Python objects; qcli reads only tensors (weights_only=True)", path=path) from None
     except Exception as exc:

@@ -169,7 +169,8 @@ def load_model(path: Path, arch: ArchSpec | None = None) -> LoadedModel:
             path=path,
         )
     module = LOADERS[fmt](path, arch)
-    module.eval()
+    if fmt != EXPORTED_PROGRAM:  # an exported program's module is already inference-only
+        module.eval()
     return LoadedModel(module, fmt, path, sha256_file(path), path.stat().st_size, arch)
 
 
@@ -202,7 +203,8 @@ def _load_torch_state_dict(path: Path, arch: ArchSpec | None) -> Any:
     import torch
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load must not guess the format from the name
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
             f"'{path}' holds Python objects, not only tensors; qcli never unpickles code "

@@ -1,0 +1,123 @@
+"""Thin CLI tests: exit codes, one-line errors, JSON on stdout. Subprocesses run the real entry point."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qcli import demo
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+ARCH = ["--arch", demo.ARCH]
+
+
+def qcli(*args, cwd=None, env=None):
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qcli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+
+
+def one_line_error(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qcli: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from qcli.cli.app import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0 and 'calibrate' in r.output; "
+        "r = CliRunner().invoke(app, ['bench', '--help']); assert r.exit_code == 0 and '--max-drop' in r.output; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert qcli("inspect", tmp_path / "missing.pt").returncode == 2
+    assert qcli("calibrate", demo.WEIGHTS, tmp_path, "-o", tmp_path / "s.safetensors", "--mode", "fast").returncode == 2
+    assert qcli("bench", demo.WEIGHTS, "--batch-sizes", "1,x").returncode == 2
+
+
+def test_bad_model_one_line_exit_1(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(os.urandom(256))
+    proc = qcli("calibrate", bad, demo.CALIB_DIR, "-o", tmp_path / "s.safetensors")
+    assert proc.returncode == 1
+    assert "is not a TorchScript archive" in one_line_error(proc)
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    proc = qcli("inspect", demo.WEIGHTS, env={"QCLI_DEBUG": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "pass --arch" in proc.stderr
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "s.safetensors"
+    out.write_bytes(b"keep me")
+    proc = qcli("calibrate", demo.WEIGHTS, demo.CALIB_DIR, "-o", out, *ARCH)
+    assert proc.returncode == 1 and "--force" in one_line_error(proc)
+    assert out.read_bytes() == b"keep me"
+
+
+def test_calibrate_convert_inspect_end_to_end(tmp_path):
+    stats = tmp_path / "stats.safetensors"
+    proc = qcli("calibrate", demo.WEIGHTS, demo.CALIB_DIR, "-o", stats, *ARCH, "--config", ROOT / "configs/mnist.toml", "--limit", "48", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["samples"] == 48 and report["schema_version"] == 1
+    out = tmp_path / "int8.pt2"
+    proc = qcli("convert", demo.WEIGHTS, *ARCH, "--stats", stats, "-o", out, "--form", "program", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["quantized_layers"] == 10
+    proc = qcli("inspect", out, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["kind"] == "artifact" and info["calibration"]["samples"] == 48
+    proc = qcli("inspect", out, "--format", "markdown")
+    assert proc.returncode == 0 and "| layer |" in proc.stdout
+    # statistics of the demo do not fit another model
+    proc = qcli("convert", TESTS / "data" / "nothing.pt", "--stats", stats, "-o", tmp_path / "x.pt2")
+    assert proc.returncode == 2  # missing model path: a usage error
+
+
+def test_bench_gate_fails_with_exit_3_and_still_reports(tmp_path, demo_artifacts):
+    report_file = tmp_path / "bench.json"
+    proc = qcli(
+        "bench", demo.WEIGHTS, demo_artifacts["package"], "--eval-dir", demo.EVAL_DIR, "--config", ROOT / "configs/mnist.toml",
+        "--batch-sizes", "1", "--runs", "3", "--warmup", "1", "--eval-limit", "200",
+        "--min-speedup", "1000", "--max-drop", "0.5", "--format", "json", "-o", report_file,
+    )
+    assert proc.returncode == 3, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report == json.loads(report_file.read_text())
+    assert report["gates"]["passed"] is False
+    assert len(report["gates"]["failures"]) == 1 and "--min-speedup" in report["gates"]["failures"][0]
+    assert report["accuracy"]["samples"] == 200 and report["accuracy"]["drop"] <= 0.5
+    lat = report["latency"][0]
+    assert lat["batch_size"] == 1 and set(lat["variants"]) == {"fp32_eager", "fp32_compiled", "int8"}
+    assert report["environment"]["threads"] >= 1 and report["environment"]["torch_version"]
+    assert "--min-speedup" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_leaves_nothing(tmp_path, signame):
+    import signal
+    import time
+
+    out = tmp_path / "s.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen([sys.executable, "-m", "qcli", "calibrate", str(demo.WEIGHTS), str(demo.EVAL_DIR), "-o", str(out), *ARCH, "--batch-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(6)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if signame == "SIGINT" else 143), err
+    assert list(tmp_path.iterdir()) == []

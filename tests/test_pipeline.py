@@ -1,0 +1,186 @@
+"""Calibration statistics, conversion and the artifacts, on the trained demo model."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from qcli import demo, hardware, metrics
+from qcli.api import CalibrationOptions, convert_model_file
+from qcli.artifact import load_artifact, read_metadata, split_batch
+from qcli.calibrate import apply_stats, calibrate, load_stats, prepare, save_stats
+from qcli.convert import quantize
+from qcli.data import SampleFolder
+from qcli.describe import describe
+from qcli.errors import ArtifactError, StatsError
+from qcli.load import ArchSpec, load_model
+
+
+def test_stats_round_trip_reproduces_the_calibrated_model(tmp_path, demo_model, mnist_preprocess, eval_batch):
+    folder = SampleFolder.open(demo.CALIB_DIR, mnist_preprocess)
+    result = calibrate(demo_model, folder, limit=64, batch_size=16)
+    assert result.manifest["samples"] == 64 and len(result.manifest["files"]) == 64
+    assert all(len(f["sha256"]) == 64 for f in result.manifest["files"])
+    save_stats(tmp_path / "s.safetensors", result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest})
+    stats = load_stats(tmp_path / "s.safetensors")
+    assert stats.meta["calibration"]["samples"] == 64 and stats.meta["model_sha256"] == demo_model.sha256
+    assert any(k.endswith(".histogram") for k in stats.tensors)
+
+    fresh = prepare(demo_model, stats.example(), result.prepared.spec)
+    apply_stats(fresh, stats, demo_model.sha256)
+    x = eval_batch[0][:32]
+    with torch.no_grad():
+        direct, reloaded = quantize(result.prepared)(x), quantize(fresh)(x)
+    torch.testing.assert_close(reloaded, direct, rtol=0, atol=0)
+
+
+def test_stats_of_another_model_are_refused(tmp_path, demo_model, mnist_preprocess):
+    folder = SampleFolder.open(demo.CALIB_DIR, mnist_preprocess)
+    result = calibrate(demo_model, folder, limit=8)
+    save_stats(tmp_path / "s.safetensors", result.prepared, {"model_sha256": "0" * 64})
+    with pytest.raises(StatsError, match="another model"):
+        apply_stats(result.prepared, load_stats(tmp_path / "s.safetensors"), demo_model.sha256)
+    (tmp_path / "plain.safetensors").write_bytes(demo.WEIGHTS.read_bytes())
+    with pytest.raises(StatsError, match="not qcli statistics"):
+        load_stats(tmp_path / "plain.safetensors")
+
+
+def test_package_keeps_demo_accuracy(demo_artifacts, demo_model, eval_batch):
+    x, labels = eval_batch
+    artifact = load_artifact(demo_artifacts["package"])
+    with torch.no_grad():
+        ref, out = demo_model.module(x), artifact.run(x)  # 400 rows: split into compiled batch sizes
+    fp32_top1 = metrics.topk_hits(ref, labels, 1) / len(x)
+    int8_top1 = metrics.topk_hits(out, labels, 1) / len(x)
+    assert fp32_top1 > 0.97
+    assert fp32_top1 - int8_top1 <= 0.005
+    assert metrics.top1_agreement_hits(ref, out) / len(x) >= 0.99
+    assert metrics.sqnr_db(*metrics.power_sums(ref, out)) > 25
+
+
+def test_program_is_really_int8_and_small(demo_artifacts, demo_model):
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+    program = torch.export.load(str(demo_artifacts["program"]))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in op for op in ops) and any("dequantize_per_channel" in op for op in ops)
+    tensors = {**program.state_dict, **program.constants}
+    int8 = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.dtype == torch.int8]
+    conv_linear = [p for n, p in demo_model.module.named_parameters() if n.endswith("weight") and p.ndim in (2, 4)]
+    assert len(int8) == len(conv_linear)
+    fp32_weight_shapes = {tuple(p.shape) for p in conv_linear}
+    assert not [t for t in tensors.values() if t.dtype == torch.float32 and tuple(t.shape) in fp32_weight_shapes]
+    with zipfile.ZipFile(demo_artifacts["program"]) as zf:
+        weight_bytes = sum(i.file_size for i in zf.infolist() if "/data/weights/weight_" in i.filename)
+    fp32_bytes = sum(t.numel() * t.element_size() for t in demo_model.module.state_dict().values())
+    assert weight_bytes <= 0.30 * fp32_bytes
+
+
+def test_package_metadata_and_inspect(demo_artifacts, demo_model):
+    meta = read_metadata(demo_artifacts["package"])
+    assert meta["format"] == "qcli-int8" and meta["form"] == "package"
+    assert meta["source"]["sha256"] == demo_model.sha256
+    assert meta["calibration"]["samples"] == 128 and meta["calibration"]["files"][0]["sha256"]
+    assert meta["torch_version"] == torch.__version__ and meta["torchao_version"]
+    assert meta["compiled_isa"] and meta["package_models"] == {"1": "model", "16": "batch16"}
+    info = describe(demo_artifacts["package"])
+    assert info["kind"] == "artifact" and info["quantized_layers"] == 10
+    assert all(la["weight_dtype"] == "int8" for la in info["layers"])
+
+
+def test_package_refuses_a_cpu_without_its_features(demo_artifacts, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse2", "avx"}))
+    with pytest.raises(ArtifactError, match="this CPU lacks"):
+        load_artifact(demo_artifacts["package"])
+
+
+def test_split_batch():
+    assert split_batch(37, [16, 1]) == [16, 16, 1, 1, 1, 1, 1]
+    assert split_batch(16, [16]) == [16]
+    assert split_batch(5, [16, 4]) is None
+
+
+FRESH = """
+import json, sys, torch
+x = torch.load(sys.argv[2])
+if sys.argv[3] == "package":
+    from torch._inductor.package import load_package
+    model = load_package(sys.argv[1], "batch16")  # aoti_load_package(path) gives the batch-1 model
+    with torch.no_grad():
+        y = model(x)
+else:
+    import torch.ao.quantization.fx._decomposed
+    import torch._inductor.config
+    torch._inductor.config.freezing = True
+    model = torch.compile(torch.export.load(sys.argv[1]).module())
+    with torch.no_grad():
+        y = model(x)
+y = y[0] if isinstance(y, (list, tuple)) else y
+torch.save(y, sys.argv[4])
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('qcli', 'torchao'))))
+"""
+
+
+@pytest.mark.parametrize("form", ["package", "program"])
+def test_artifact_runs_in_a_fresh_process_with_plain_torch(form, demo_artifacts, eval_batch, tmp_path):
+    x = eval_batch[0][:16].clone()
+    torch.save(x, tmp_path / "x.pt")
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH, str(demo_artifacts[form]), str(tmp_path / "x.pt"), form, str(tmp_path / "y.pt")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []  # neither qcli nor torchao imported
+    y = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        expected = load_artifact(demo_artifacts["package"]).run(x)
+    assert metrics.top1_agreement_hits(expected, y) == 16
+
+
+def test_residual_on_input_never_writes_into_the_callers_tensor(tmp_path, residual_model_file):
+    model, calib = residual_model_file
+    arch = ArchSpec.parse("models:residual_mlp")
+    out = tmp_path / "res.pt2"
+    convert_model_file(model, out, calib_dir=calib, arch=arch, package_batch_sizes=[4])
+    artifact = load_artifact(out)
+    x = torch.randn(4, 64)
+    before = x.clone()
+    with torch.no_grad():
+        y = artifact.run(x)
+        ref = load_model(model, arch).module(before)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+    assert float(metrics.cosine_per_sample(ref, y).min()) > 0.99
+
+
+def test_dynamic_mode_quantizes_linear_layers(tmp_path, residual_model_file):
+    model, calib = residual_model_file
+    arch = ArchSpec.parse("models:residual_mlp")
+    report = convert_model_file(model, tmp_path / "dyn.pt2", calib_dir=calib, arch=arch, options=CalibrationOptions(mode="dynamic"), form="program")
+    assert report["mode"] == "dynamic" and report["quantized_layers"] == 3
+    assert all(la["input_scale"] is None for la in report["layers"])  # activation scales chosen per call
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+    program = torch.export.load(str(tmp_path / "dyn.pt2"))
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y, ref = program.module()(x), load_model(model, arch).module(x)
+    assert float(metrics.cosine_per_sample(ref, y).min()) > 0.99
+
+
+def test_torchscript_input_fails_clearly_and_writes_nothing(tmp_path):
+    from qcli.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="TorchScript"):
+        convert_model_file(demo.TORCHSCRIPT, tmp_path / "ts.pt2", calib_dir=demo.CALIB_DIR)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_describe_model_lists_layers(demo_model):
+    info = describe(Path(demo.WEIGHTS), ArchSpec.parse(demo.ARCH))
+    assert info["parameters"] == demo_model.num_parameters
+    assert info["quantizable_layers"] == 10
+    assert {"name": "fc", "type": "Linear", "weight_shape": [10, 64], "parameters": 650} .items() <= info["layers"][-1].items()
