@@ -32,10 +32,12 @@ def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
             continue
         kind = getattr(module, "original_name", type(module).__name__)
         weight = dict(own).get("weight")
+        folded = kind.startswith("BatchNorm")  # folded into the preceding convolution when quantizing
         layers.append(
             {
                 "name": name,
                 "type": kind,
+                "folded": folded,
                 "weight_shape": list(weight.shape) if weight is not None else None,
                 "parameters": sum(p.numel() for _, p in own),
                 "quantized_static": kind in QUANTIZED_TYPES["static"] and loaded.format != TORCHSCRIPT,

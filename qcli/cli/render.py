@@ -176,7 +176,7 @@ def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], l
         ["CPU", f"{report['cpu']['capability']} ({', '.join(report['cpu']['features']) or 'no INT8 dot-product features'})"],
     ]
     layers = [
-        [la["name"] or "(root)", la["type"], str(la["weight_shape"] or "-"), f"{la['parameters']:,}", "INT8" if la["quantized_static"] else "FP32"]
+        [la["name"] or "(root)", la["type"], str(la["weight_shape"] or "-"), f"{la['parameters']:,}", "INT8" if la["quantized_static"] else ("folded" if la.get("folded") else "FP32")]
         for la in report["layers"]
     ]
     return ([("Model", ["field", "value"], summary), ("Layers", ["layer", "type", "weight shape", "params", "static mode"], layers)], [f"note: {n}" for n in report["notes"]])
