@@ -190,7 +190,6 @@ def load_artifact(path: Path) -> Artifact:
 
         return Artifact(path, meta, run_package)
     import torch._inductor.config as inductor_config
-
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantize ops)
 
     with engine.quiet():

@@ -145,9 +145,9 @@ def convert_model(
     config: dict[str, Any] | None = None,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
-    from qcli.artifact import base_metadata, write_package, write_program
-
     import torch
+
+    from qcli.artifact import base_metadata, write_package, write_program
 
     converted = quantize(prepared)
     layers = layer_table(converted)

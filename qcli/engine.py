@@ -88,19 +88,13 @@ def split_reused_modules(gm: Any) -> None:
     for fqn, nodes in groups.items():
         members = set(nodes)
         parent = {n: n for n in nodes}
-
-        def find(n: Any) -> Any:
-            while parent[n] is not n:
-                n = parent[n]
-            return n
-
         for n in nodes:
             for arg in n.all_input_nodes:
                 if arg in members:
-                    parent[find(n)] = find(arg)
+                    parent[_root(parent, n)] = _root(parent, arg)
         roots: list[Any] = []
         for n in nodes:
-            root = find(n)
+            root = _root(parent, n)
             if root not in roots:
                 roots.append(root)
             call = roots.index(root)
@@ -109,6 +103,13 @@ def split_reused_modules(gm: Any) -> None:
                 key = list(stack)[-1]
                 stack[key] = (f"{fqn}#{call}", stack[key][1])
                 n.meta["nn_module_stack"] = stack
+
+
+def _root(parent: dict[Any, Any], node: Any) -> Any:
+    """Union-find root of ``node``."""
+    while parent[node] is not node:
+        node = parent[node]
+    return node
 
 
 def prepare_pt2e(graph: Any, mode: str) -> Any:

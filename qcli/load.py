@@ -189,7 +189,6 @@ def _load_torchscript(path: Path, arch: ArchSpec | None) -> Any:
 @loader(EXPORTED_PROGRAM)
 def _load_exported(path: Path, arch: ArchSpec | None) -> Any:
     import torch
-
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantize ops)
 
     try:

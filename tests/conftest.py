@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import residual_mlp
 
 from qcli import demo
 from qcli.api import CalibrationOptions, convert_model_file
 from qcli.config import PreprocessConfig, load_recipe
 from qcli.data import SampleFolder, infer_input_spec
 from qcli.load import ArchSpec, load_model
-
-from models import residual_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_RECIPE = ROOT / "configs" / "mnist.toml"

@@ -9,7 +9,19 @@ import typer
 
 from qcli.cli import render
 from qcli.cli.common import arch_spec, recipe
-from qcli.cli.options import ArchKwargsOpt, ArchOpt, BatchSizeOpt, ConfigOpt, ForceOpt, LimitOpt, ModelArg, ModeOpt, OutputFormat, QuietOpt, SeedOpt
+from qcli.cli.options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchSizeOpt,
+    ConfigOpt,
+    ForceOpt,
+    LimitOpt,
+    ModelArg,
+    ModeOpt,
+    OutputFormat,
+    QuietOpt,
+    SeedOpt,
+)
 
 
 def calibrate_command(

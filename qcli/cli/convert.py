@@ -9,7 +9,20 @@ import typer
 
 from qcli.cli import render
 from qcli.cli.common import arch_spec, parse_batch_sizes, recipe
-from qcli.cli.options import ArchKwargsOpt, ArchOpt, BatchSizeOpt, ConfigOpt, ForceOpt, Form, LimitOpt, ModelArg, ModeOpt, OutputFormat, QuietOpt, SeedOpt
+from qcli.cli.options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchSizeOpt,
+    ConfigOpt,
+    ForceOpt,
+    Form,
+    LimitOpt,
+    ModelArg,
+    ModeOpt,
+    OutputFormat,
+    QuietOpt,
+    SeedOpt,
+)
 
 
 def convert_command(
