@@ -107,7 +107,7 @@ def _same_kind(value: Any, default: Any) -> bool:
 
 # The options each command section may set, with their types (checked when the file is read).
 SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "calibrate": {"limit": int, "seed": int, "batch_size": int},
+    "calibrate": {"limit": int, "seed": int, "batch_size": int, "mode": str},
     "convert": {"limit": int, "seed": int, "batch_size": int, "mode": str, "form": str, "package_batch_sizes": (str, list)},
     "bench": {"batch_sizes": (str, list), "threads": int, "warmup": int, "runs": int, "max_drop": (int, float), "min_speedup": (int, float)},
     "inspect": {},

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from qcli.cli import render
-from qcli.cli.common import arch_spec, recipe
+from qcli.cli.common import arch_spec, calibration_options, recipe
 from qcli.cli.options import (
     ArchKwargsOpt,
     ArchOpt,
@@ -43,15 +43,10 @@ def calibrate_command(
 
     Example: qcli calibrate digits.safetensors --arch qcli.demo.model:DigitNet calib/ -o stats.safetensors
     """
-    from qcli.api import CalibrationOptions, calibrate_model
+    from qcli.api import calibrate_model
 
     rec = recipe(config)
-    options = CalibrationOptions(
-        limit=rec.option("calibrate", "limit", limit, None),
-        seed=rec.option("calibrate", "seed", seed, None),
-        batch_size=rec.option("calibrate", "batch_size", batch_size, 32),
-        mode=mode.value if mode else "static",
-    )
+    options = calibration_options(rec, "calibrate", limit, seed, batch_size, mode)
     report = calibrate_model(
         model, calib_dir, output, arch=arch_spec(arch, arch_kwargs), recipe=rec, options=options, force=force,
         track=render.tracker(quiet, "calibrating"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -34,3 +35,15 @@ def parse_batch_sizes(value: str | list[int]) -> list[int]:
     if not sizes or any(s <= 0 for s in sizes):
         raise typer.BadParameter(f"'{text}' must list positive batch sizes, e.g. 1,16")
     return list(dict.fromkeys(sizes))
+
+
+def calibration_options(rec: Recipe, command: str, limit: int | None, seed: int | None, batch_size: int | None, mode: Any) -> Any:
+    """CalibrationOptions from flags, else the recipe's ``[command]`` section, else defaults."""
+    from qcli.api import CalibrationOptions
+
+    return CalibrationOptions(
+        limit=rec.option(command, "limit", limit, None),
+        seed=rec.option(command, "seed", seed, None),
+        batch_size=rec.option(command, "batch_size", batch_size, 32),
+        mode=rec.option(command, "mode", mode.value if mode else None, "static"),
+    )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from qcli.cli import render
-from qcli.cli.common import arch_spec, parse_batch_sizes, recipe
+from qcli.cli.common import arch_spec, calibration_options, parse_batch_sizes, recipe
 from qcli.cli.options import (
     ArchKwargsOpt,
     ArchOpt,
@@ -47,15 +47,10 @@ def convert_command(
 
     Example: qcli convert digits.safetensors --arch qcli.demo.model:DigitNet --stats stats.safetensors -o digits-int8.pt2
     """
-    from qcli.api import CalibrationOptions, convert_model_file
+    from qcli.api import convert_model_file
 
     rec = recipe(config)
-    options = CalibrationOptions(
-        limit=rec.option("convert", "limit", limit, None),
-        seed=rec.option("convert", "seed", seed, None),
-        batch_size=rec.option("convert", "batch_size", batch_size, 32),
-        mode=rec.option("convert", "mode", mode.value if mode else None, "static"),
-    )
+    options = calibration_options(rec, "convert", limit, seed, batch_size, mode)
     report = convert_model_file(
         model, output, stats=stats, calib_dir=calib_dir, arch=arch_spec(arch, arch_kwargs), recipe=rec, options=options,
         form=rec.option("convert", "form", form.value if form else None, "package"), force=force,
