@@ -40,6 +40,11 @@ class CalibrationOptions:
             raise QcliError(f"--mode must be one of {', '.join(engine.MODES)}, not '{self.mode}'")
 
 
+def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, Any]:
+    """What the stats file and the artifact record as the configuration they were made with."""
+    return {"preprocess": recipe.preprocess.to_dict(), "recipe": str(recipe.path) if recipe.path else None, "seed": options.seed}
+
+
 def calibrate_model(
     model: Path,
     calib_dir: Path,
@@ -57,8 +62,11 @@ def calibrate_model(
     loaded = load_model(model, arch)
     folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
     result = calibrate(loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track)
-    config = {"preprocess": recipe.preprocess.to_dict(), "recipe": str(recipe.path) if recipe.path else None, "seed": options.seed}
-    save_stats(out, result.prepared, {"model_sha256": loaded.sha256, "model_file": loaded.path.name, "calibration": result.manifest, "config": config})
+    save_stats(
+        out,
+        result.prepared,
+        {"model_sha256": loaded.sha256, "model_file": loaded.path.name, "calibration": result.manifest, "config": _effective_config(recipe, options)},
+    )
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "calibrate",
@@ -107,7 +115,7 @@ def convert_model_file(
         folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
         result = calibrate(loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track)
         prepared, calibration = result.prepared, result.manifest
-        config = {"preprocess": recipe.preprocess.to_dict(), "recipe": str(recipe.path) if recipe.path else None, "seed": options.seed}
+        config = _effective_config(recipe, options)
     conversion = convert_model(
         loaded, prepared, out, form=form, package_batch_sizes=package_batch_sizes, calibration=calibration, config=config
     )

@@ -66,7 +66,7 @@ def write_package(graph: Any, example: tuple[Any, ...], path: Path, metadata: di
     files: dict[str, Any] = {}
     with atomic_output(path) as tmp, torch.no_grad(), engine.quiet():
         for b in batch_sizes:
-            args = tuple(t[:1].repeat(b, *([1] * (t.ndim - 1))) for t in example)
+            args = engine.first_row_repeated(example, b)
             program = torch.export.export(graph, args)
             files[models[str(b)]] = torch._inductor.aot_compile(
                 program.module(),

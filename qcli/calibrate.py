@@ -51,7 +51,7 @@ def args_for(inputs: dict[str, Any], spec: InputSpec) -> tuple[Any, ...]:
 
 def example_from(batch: Batch, spec: InputSpec) -> tuple[Any, ...]:
     """Example inputs for export: the first sample repeated to batch 2 (batch 1 would specialise)."""
-    return tuple(t[:1].repeat(2, *([1] * (t.ndim - 1))) for t in args_for(batch.inputs, spec))
+    return engine.first_row_repeated(args_for(batch.inputs, spec), 2)
 
 
 def prepare(loaded: LoadedModel, example: tuple[Any, ...], spec: InputSpec, mode: str = "static") -> Prepared:

@@ -60,6 +60,11 @@ def export(module: Any, example_args: tuple[Any, ...], names: tuple[str, ...]) -
             ) from exc
 
 
+def first_row_repeated(tensors: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
+    """Each tensor's first row repeated ``batch`` times: example inputs of a chosen batch size."""
+    return tuple(t[:1].repeat(batch, *([1] * (t.ndim - 1))) for t in tensors)
+
+
 def quantizer(mode: str) -> Any:
     """X86 Inductor quantizer: per-channel symmetric INT8 weights; activations static or dynamic."""
     if mode not in MODES:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qcli import metrics
-from qcli.calibrate import args_for
+from qcli.calibrate import args_for, identity_track
 from qcli.data import InputSpec, SampleFolder
 
 
@@ -54,7 +54,7 @@ def evaluate(
     *,
     batch_size: int = 64,
     limit: int | None = None,
-    track: Callable[[Any, int | None], Any] = lambda it, total: it,
+    track: Callable[[Any, int | None], Any] = identity_track,
 ) -> Accuracy:
     """Run both models over the folder and compare; ``track`` may wrap the batch stream."""
     import torch
