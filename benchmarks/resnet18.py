@@ -34,9 +34,23 @@ def main() -> int:
         for i in range(32):
             np.save(calib / f"{i:03d}.npy", rng.standard_normal((3, 224, 224), dtype=np.float32))
         cmd = [
-            sys.executable, "-m", "qcli", "bench", str(root / "resnet18.pt"),
-            "--arch", "qcli.demo.model:ResNet18", "--calib-dir", str(calib), "--eval-dir", str(calib),
-            "--batch-sizes", "1,16", "--runs", "30", "-o", str(results / "resnet18.json"),
+            sys.executable,
+            "-m",
+            "qcli",
+            "bench",
+            str(root / "resnet18.pt"),
+            "--arch",
+            "qcli.demo.model:ResNet18",
+            "--calib-dir",
+            str(calib),
+            "--eval-dir",
+            str(calib),
+            "--batch-sizes",
+            "1,16",
+            "--runs",
+            "30",
+            "-o",
+            str(results / "resnet18.json"),
         ]
         return subprocess.call(cmd)
 

@@ -42,7 +42,11 @@ class CalibrationOptions:
 
 def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, Any]:
     """What the stats file and the artifact record as the configuration they were made with."""
-    return {"preprocess": recipe.preprocess.to_dict(), "recipe": str(recipe.path) if recipe.path else None, "seed": options.seed}
+    return {
+        "preprocess": recipe.preprocess.to_dict(),
+        "recipe": str(recipe.path) if recipe.path else None,
+        "seed": options.seed,
+    }
 
 
 def calibrate_model(
@@ -61,17 +65,28 @@ def calibrate_model(
     check_output(out, force)
     loaded = load_model(model, arch)
     folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
-    result = calibrate(loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track)
+    result = calibrate(
+        loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track
+    )
     save_stats(
         out,
         result.prepared,
-        {"model_sha256": loaded.sha256, "model_file": loaded.path.name, "calibration": result.manifest, "config": _effective_config(recipe, options)},
+        {
+            "model_sha256": loaded.sha256,
+            "model_file": loaded.path.name,
+            "calibration": result.manifest,
+            "config": _effective_config(recipe, options),
+        },
     )
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "calibrate",
         "model": {"path": str(model), "format": loaded.format, "sha256": loaded.sha256},
-        "stats": {"path": str(out), "size_bytes": out.stat().st_size, "observers": len(engine.observers(result.prepared.graph))},
+        "stats": {
+            "path": str(out),
+            "size_bytes": out.stat().st_size,
+            "observers": len(engine.observers(result.prepared.graph)),
+        },
         "samples": result.manifest["samples"],
         "mode": options.mode,
     }
@@ -108,16 +123,28 @@ def convert_model_file(
         check_stats(saved, loaded.sha256, options.mode)
         prepared = prepare(loaded, saved.example(), spec, options.mode)
         apply_stats(prepared, saved, loaded.sha256)
-        calibration = {**saved.meta.get("calibration", {}), "stats_file": stats.name, "stats_sha256": sha256_file(stats)}
+        calibration = {
+            **saved.meta.get("calibration", {}),
+            "stats_file": stats.name,
+            "stats_sha256": sha256_file(stats),
+        }
         config = saved.meta.get("config", {})
     else:
         assert calib_dir is not None
         folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
-        result = calibrate(loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track)
+        result = calibrate(
+            loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track
+        )
         prepared, calibration = result.prepared, result.manifest
         config = _effective_config(recipe, options)
     conversion = convert_model(
-        loaded, prepared, out, form=form, package_batch_sizes=package_batch_sizes, calibration=calibration, config=config
+        loaded,
+        prepared,
+        out,
+        form=form,
+        package_batch_sizes=package_batch_sizes,
+        calibration=calibration,
+        config=config,
     )
     return {
         "schema_version": SCHEMA_VERSION,
@@ -174,7 +201,13 @@ def bench_model(
                 raise QcliError("pass an INT8 artifact to compare with, or --calib-dir to quantize the model first")
             artifact_path = workdir / "int8.pt2"
             convert_model_file(
-                model, artifact_path, calib_dir=calib_dir, arch=arch, recipe=recipe, package_batch_sizes=batch_sizes, track=track
+                model,
+                artifact_path,
+                calib_dir=calib_dir,
+                arch=arch,
+                recipe=recipe,
+                package_batch_sizes=batch_sizes,
+                track=track,
             )
         meta = read_metadata(artifact_path)
         source = meta.get("source") or {}
@@ -197,7 +230,9 @@ def bench_model(
                     f"artifact '{artifact_path}' was compiled for batch sizes {', '.join(map(str, compiled))}; "
                     f"bench --batch-sizes within those, or convert with --package-batch-sizes {','.join(map(str, batch_sizes))}"
                 )
-        fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec.names, batch_sizes, workdir)
+        fp32_package, fp32_size = bench.compile_fp32_package(
+            loaded.module, example[:2], spec.names, batch_sizes, workdir
+        )
 
         def eager(*args: Any) -> Any:
             return loaded.module(*args)
@@ -211,8 +246,18 @@ def bench_model(
         report = {
             "schema_version": SCHEMA_VERSION,
             "command": "bench",
-            "model": {"path": str(model), "format": loaded.format, "size_bytes": loaded.size_bytes, "parameters": loaded.num_parameters},
-            "artifact": {"path": str(artifact_path), "form": meta["form"], "mode": meta.get("mode"), "size_bytes": artifact_path.stat().st_size},
+            "model": {
+                "path": str(model),
+                "format": loaded.format,
+                "size_bytes": loaded.size_bytes,
+                "parameters": loaded.num_parameters,
+            },
+            "artifact": {
+                "path": str(artifact_path),
+                "form": meta["form"],
+                "mode": meta.get("mode"),
+                "size_bytes": artifact_path.stat().st_size,
+            },
             "fp32_compiled_size_bytes": fp32_size,
             "environment": environment(),
             "latency": [t.to_dict() for t in timings],
@@ -239,7 +284,9 @@ def _bench_example(meta: dict[str, Any], spec: Any, folder_path: Path | None, re
     for item in meta.get("inputs", []):
         shape = [16, *item["shape"][1:]]
         dtype = getattr(torch, item["dtype"])
-        out.append(torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype))
+        out.append(
+            torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+        )
     if not out:
         raise QcliError("the artifact records no input shapes; pass --eval-dir with samples")
     return tuple(out)
@@ -260,7 +307,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def gates(report: dict[str, Any], accuracy: Any, timings: list[Any], max_drop: float | None, min_speedup: float | None) -> dict[str, Any]:
+def gates(
+    report: dict[str, Any], accuracy: Any, timings: list[Any], max_drop: float | None, min_speedup: float | None
+) -> dict[str, Any]:
     """Check ``--max-drop`` (points) and ``--min-speedup`` (INT8 vs FP32 compiled, every batch size)."""
     failures = []
     if max_drop is not None:
@@ -273,7 +322,9 @@ def gates(report: dict[str, Any], accuracy: Any, timings: list[Any], max_drop: f
         for t in timings:
             ratio = t.speedup("fp32_compiled")
             if ratio is not None and ratio < min_speedup:
-                failures.append(f"INT8 is {ratio:.2f}x FP32 compiled at batch {t.batch_size}, under --min-speedup {min_speedup:g}")
+                failures.append(
+                    f"INT8 is {ratio:.2f}x FP32 compiled at batch {t.batch_size}, under --min-speedup {min_speedup:g}"
+                )
     return {"max_drop": max_drop, "min_speedup": min_speedup, "passed": not failures, "failures": failures}
 
 

@@ -50,7 +50,9 @@ def package_model_name(batch_size: int, first: bool) -> str:
     return "model" if first else f"batch{batch_size}"
 
 
-def write_package(graph: Any, example: tuple[Any, ...], path: Path, metadata: dict[str, Any], batch_sizes: list[int]) -> None:
+def write_package(
+    graph: Any, example: tuple[Any, ...], path: Path, metadata: dict[str, Any], batch_sizes: list[int]
+) -> None:
     """AOT-compile ``graph`` once per batch size (frozen weights, no autograd) into one package.
 
     Each batch size is a static shape: in torch 2.13 an AOTInductor package of a quantized
@@ -108,7 +110,9 @@ def read_metadata(path: Path) -> dict[str, Any]:
     except (zipfile.BadZipFile, json.JSONDecodeError, KeyError) as exc:
         raise ArtifactError(f"artifact '{path}' is damaged ({exc}); convert the model again", path=path) from None
     if meta is None or meta.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"'{path}' is not a qcli INT8 artifact (no qcli metadata); make one with `qcli convert`", path=path)
+        raise ArtifactError(
+            f"'{path}' is not a qcli INT8 artifact (no qcli metadata); make one with `qcli convert`", path=path
+        )
     if meta.get("format_version") != ARTIFACT_VERSION:
         raise ArtifactError(
             f"artifact '{path}' has format version {meta.get('format_version')}; this qcli reads "

@@ -149,9 +149,13 @@ def load_stats(path: Path) -> Stats:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except Exception as exc:
-        raise StatsError(f"'{path}' is not a qcli statistics file ({exc}); run `qcli calibrate` to make one", path=path) from None
+        raise StatsError(
+            f"'{path}' is not a qcli statistics file ({exc}); run `qcli calibrate` to make one", path=path
+        ) from None
     if header.get("format") != STATS_FORMAT:
-        raise StatsError(f"'{path}' is a safetensors file but not qcli statistics; run `qcli calibrate` to make one", path=path)
+        raise StatsError(
+            f"'{path}' is a safetensors file but not qcli statistics; run `qcli calibrate` to make one", path=path
+        )
     if header.get("format_version") != str(STATS_VERSION):
         raise StatsError(
             f"'{path}' has statistics format version {header.get('format_version')}, this qcli reads "
@@ -170,7 +174,9 @@ def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
             path=stats.path,
         )
     if stats.meta.get("mode") != mode:
-        raise StatsError(f"statistics '{stats.path}' were collected for --mode {stats.meta.get('mode')}, not {mode}", path=stats.path)
+        raise StatsError(
+            f"statistics '{stats.path}' were collected for --mode {stats.meta.get('mode')}, not {mode}", path=stats.path
+        )
 
 
 def apply_stats(prepared: Prepared, stats: Stats, model_sha256: str) -> None:
@@ -234,7 +240,9 @@ def calibrate(
     used: list[str] = []
     for batch in track(observe(prepared, chain([first], batches)), total):
         used.extend(batch.files)
-    return Calibration(prepared, {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit})
+    return Calibration(
+        prepared, {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit}
+    )
 
 
 def check_dtypes(batch: Batch, spec: InputSpec) -> None:

@@ -36,7 +36,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.channels not in CHANNELS:
-            raise ConfigError(f"preprocess.channels must be one of {', '.join(CHANNELS)}, not '{self.channels}'", key="channels")
+            raise ConfigError(
+                f"preprocess.channels must be one of {', '.join(CHANNELS)}, not '{self.channels}'", key="channels"
+            )
         for key in ("resize", "center_crop"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -108,10 +110,46 @@ def _same_kind(value: Any, default: Any) -> bool:
 # The options each command section may set, with their types (checked when the file is read).
 SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "calibrate": {"limit": int, "seed": int, "batch_size": int, "mode": str},
-    "convert": {"limit": int, "seed": int, "batch_size": int, "mode": str, "form": str, "package_batch_sizes": (str, list)},
-    "bench": {"batch_sizes": (str, list), "threads": int, "warmup": int, "runs": int, "max_drop": (int, float), "min_speedup": (int, float)},
+    "convert": {
+        "limit": int,
+        "seed": int,
+        "batch_size": int,
+        "mode": str,
+        "form": str,
+        "package_batch_sizes": (str, list),
+    },
+    "bench": {
+        "batch_sizes": (str, list),
+        "threads": int,
+        "warmup": int,
+        "runs": int,
+        "max_drop": (int, float),
+        "min_speedup": (int, float),
+    },
     "inspect": {},
 }
+
+
+TOML_TYPES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true/false",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):  # bool is an int in Python, not in TOML
+        return bool in types
+    return isinstance(value, types)
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(TOML_TYPES.get(t, t.__name__) for t in types)
 
 
 def load_recipe(path: Path | None) -> Recipe:
@@ -149,9 +187,9 @@ def load_recipe(path: Path | None) -> Recipe:
                     key=f"{name}.{raw_key}",
                     path=path,
                 )
-            if not isinstance(value, allowed[key]) or isinstance(value, bool):
+            if not _has_type(value, allowed[key]):
                 raise ConfigError(
-                    f"{source}: '{name}.{raw_key}' has the wrong type ({type(value).__name__}: {value!r})",
+                    f"{source}: '{name}.{raw_key}' has the wrong type: expected {_type_names(allowed[key])}, got {TOML_TYPES.get(type(value), type(value).__name__)} {value!r}",
                     key=f"{name}.{raw_key}",
                     path=path,
                 )

@@ -112,7 +112,10 @@ class SampleFolder:
             for sample in READERS[path.suffix.lower()](path, self.preprocess, spec):
                 for name, tensor in sample.items():
                     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        raise DataError(f"sample '{self._rel(path)}' input '{name}' holds NaN or Inf values; remove or fix the file", path=path)
+                        raise DataError(
+                            f"sample '{self._rel(path)}' input '{name}' holds NaN or Inf values; remove or fix the file",
+                            path=path,
+                        )
                 yield path, sample
                 count += 1
                 if limit is not None and count >= limit:
@@ -188,7 +191,9 @@ def read_image(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[d
                 w, h = img.size
                 c = pre.center_crop
                 if c > w or c > h:
-                    raise DataError(f"image '{path}' is {w}x{h}, smaller than center_crop {c}; set resize in the config", path=path)
+                    raise DataError(
+                        f"image '{path}' is {w}x{h}, smaller than center_crop {c}; set resize in the config", path=path
+                    )
                 left, top = (w - c) // 2, (h - c) // 2
                 img = img.crop((left, top, left + c, top + c))
             array = np.asarray(img, dtype=np.float32) / 255.0
@@ -230,7 +235,9 @@ def read_torch(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[d
         with open(path, "rb") as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DataError(f"sample '{path}' holds Python objects; qcli reads only tensors (weights_only=True)", path=path) from None
+        raise DataError(
+            f"sample '{path}' holds Python objects; qcli reads only tensors (weights_only=True)", path=path
+        ) from None
     except Exception as exc:
         raise DataError(f"sample '{path}' cannot be read as a torch.save file ({_short(exc)})", path=path) from None
     yield from _split(_as_named(obj, path, spec), path, spec)

@@ -134,5 +134,7 @@ def convert_pt2e(prepared: Any) -> Any:
 
 def observers(prepared: Any) -> dict[str, Any]:
     """The observer modules PT2E inserted, by name, in graph order."""
-    order = [n.target for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target)]
+    order = [
+        n.target for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target)
+    ]
     return {name: prepared.get_submodule(name) for name in order}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -38,6 +39,9 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def check_output(path: Path, force: bool) -> None:
     """Refuse to overwrite without ``force`` and fail early when the folder is not writable."""
     if path.exists() and not force:
@@ -47,8 +51,12 @@ def check_output(path: Path, force: bool) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"output folder '{parent}' does not exist; create it first", path=path)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder '{parent}' is not writable", path=path)
+    try:  # a real write: os.access says yes to root even where the file system says no
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        reason = f" ({exc.strerror})" if exc.errno in WRITE_ERRNOS else ""
+        raise OutputError(f"output folder '{parent}' is not writable{reason}", path=path) from None
 
 
 @contextlib.contextmanager
@@ -59,7 +67,10 @@ def atomic_output(path: Path) -> Iterator[Path]:
     so the final ``os.replace`` is atomic; on any
     exception (including KeyboardInterrupt and the SystemExit raised for SIGTERM) it is removed.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent or ".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent or ".")
+    except OSError as exc:
+        raise OutputError(f"cannot write in output folder '{path.parent}' ({exc.strerror or exc})", path=path) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -122,7 +122,9 @@ def _zip_format(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UnknownFormat(f"'{path}' looks like a zip archive but cannot be read ({exc}); is it truncated?", path=path) from None
+        raise UnknownFormat(
+            f"'{path}' looks like a zip archive but cannot be read ({exc}); is it truncated?", path=path
+        ) from None
     if any("/data/aotinductor/" in n for n in names):
         return AOTI_PACKAGE
     if any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names):
@@ -183,7 +185,9 @@ def _load_torchscript(path: Path, arch: ArchSpec | None) -> Any:
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise ModelLoadError(f"TorchScript archive '{path}' cannot be loaded: {_first_line(exc)}", path=path) from exc
+            raise ModelLoadError(
+                f"TorchScript archive '{path}' cannot be loaded: {_first_line(exc)}", path=path
+            ) from exc
 
 
 @loader(EXPORTED_PROGRAM)
@@ -202,7 +206,10 @@ def _load_torch_state_dict(path: Path, arch: ArchSpec | None) -> Any:
     import torch
 
     try:
-        with open(path, "rb") as f:  # a file object: torch.load must not guess the format from the name
+        # a file object: torch.load must not guess the format from the name; warnings such as
+        # "Detected pickle protocol 4" are noise before our own error
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(

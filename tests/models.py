@@ -23,3 +23,8 @@ class ResidualMLP(nn.Module):
 def residual_mlp() -> ResidualMLP:
     torch.manual_seed(0)
     return ResidualMLP()
+
+
+def broken_arch() -> nn.Module:
+    """An ``--arch`` whose constructor fails, as a user's code with a bug would."""
+    raise ValueError("width must be positive")

@@ -17,7 +17,14 @@ ARCH = ["--arch", demo.ARCH]
 
 def qcli(*args, cwd=None, env=None):
     full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "qcli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "qcli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=600,
+    )
 
 
 def one_line_error(proc):
@@ -69,7 +76,20 @@ def test_existing_output_needs_force(tmp_path):
 
 def test_calibrate_convert_inspect_end_to_end(tmp_path):
     stats = tmp_path / "stats.safetensors"
-    proc = qcli("calibrate", demo.WEIGHTS, demo.CALIB_DIR, "-o", stats, *ARCH, "--config", ROOT / "configs/mnist.toml", "--limit", "48", "--format", "json")
+    proc = qcli(
+        "calibrate",
+        demo.WEIGHTS,
+        demo.CALIB_DIR,
+        "-o",
+        stats,
+        *ARCH,
+        "--config",
+        ROOT / "configs/mnist.toml",
+        "--limit",
+        "48",
+        "--format",
+        "json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["samples"] == 48 and report["schema_version"] == 1
@@ -91,9 +111,29 @@ def test_calibrate_convert_inspect_end_to_end(tmp_path):
 def test_bench_gate_fails_with_exit_3_and_still_reports(tmp_path, demo_artifacts):
     report_file = tmp_path / "bench.json"
     proc = qcli(
-        "bench", demo.WEIGHTS, demo_artifacts["package"], "--eval-dir", demo.EVAL_DIR, "--config", ROOT / "configs/mnist.toml",
-        "--batch-sizes", "1", "--runs", "3", "--warmup", "1", "--eval-limit", "200",
-        "--min-speedup", "1000", "--max-drop", "0.5", "--format", "json", "-o", report_file,
+        "bench",
+        demo.WEIGHTS,
+        demo_artifacts["package"],
+        "--eval-dir",
+        demo.EVAL_DIR,
+        "--config",
+        ROOT / "configs/mnist.toml",
+        "--batch-sizes",
+        "1",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--eval-limit",
+        "200",
+        "--min-speedup",
+        "1000",
+        "--max-drop",
+        "0.5",
+        "--format",
+        "json",
+        "-o",
+        report_file,
     )
     assert proc.returncode == 3, proc.stderr
     report = json.loads(proc.stdout)
@@ -114,8 +154,25 @@ def test_interrupt_leaves_nothing(tmp_path, signame):
 
     out = tmp_path / "s.safetensors"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    proc = subprocess.Popen([sys.executable, "-m", "qcli", "calibrate", str(demo.WEIGHTS), str(demo.EVAL_DIR), "-o", str(out), *ARCH, "--batch-size", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qcli",
+            "calibrate",
+            str(demo.WEIGHTS),
+            str(demo.EVAL_DIR),
+            "-o",
+            str(out),
+            *ARCH,
+            "--batch-size",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     time.sleep(6)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=60)

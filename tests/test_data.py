@@ -25,7 +25,7 @@ def test_image_preprocessing_matches_hand_computation(tmp_path):
     pixels = np.arange(36, dtype=np.uint8).reshape(6, 6) * 7
     Image.fromarray(pixels, mode="L").save(tmp_path / "a.png")
     pre = PreprocessConfig(channels="grayscale", center_crop=4, mean=(0.5,), std=(0.25,))
-    (_, sample), = SampleFolder.open(tmp_path, pre).samples(SPEC_IMG)
+    ((_, sample),) = SampleFolder.open(tmp_path, pre).samples(SPEC_IMG)
     expected = (torch.from_numpy(pixels[1:5, 1:5].astype(np.float32)) / 255.0 - 0.5) / 0.25
     assert sample["x"].shape == (1, 4, 4)
     torch.testing.assert_close(sample["x"][0], expected)
@@ -34,7 +34,7 @@ def test_image_preprocessing_matches_hand_computation(tmp_path):
 def test_rgb_resize_then_crop(tmp_path):
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "r.jpg")
     pre = PreprocessConfig(channels="rgb", resize=10, center_crop=10)
-    (_, sample), = SampleFolder.open(tmp_path, pre).samples(InputSpec(("x",), (4,), 3))
+    ((_, sample),) = SampleFolder.open(tmp_path, pre).samples(InputSpec(("x",), (4,), 3))
     assert sample["x"].shape == (3, 10, 10)
     assert sample["x"][0].mean() > 0.9 and sample["x"][1].abs().max() < 0.1
 
@@ -54,7 +54,10 @@ def test_tensor_files_batches_and_named_inputs(tmp_path):
     ids = torch.arange(12).reshape(3, 4)
     save_file({"input_ids": ids, "attention_mask": torch.ones(3, 4, dtype=torch.int64)}, tmp_path / "a.safetensors")
     np.savez(tmp_path / "b.npz", input_ids=np.arange(4), attention_mask=np.ones(4, dtype=np.int64))
-    torch.save({"input_ids": torch.zeros(4, dtype=torch.int64), "attention_mask": torch.ones(4, dtype=torch.int64)}, tmp_path / "c.pt")
+    torch.save(
+        {"input_ids": torch.zeros(4, dtype=torch.int64), "attention_mask": torch.ones(4, dtype=torch.int64)},
+        tmp_path / "c.pt",
+    )
     folder = SampleFolder.open(tmp_path)
     batches = list(folder.batches(SPEC_TOKENS, batch_size=4))
     assert [b.inputs["input_ids"].shape[0] for b in batches] == [4, 1]
@@ -75,7 +78,13 @@ def test_limit_counts_samples_not_files(tmp_path):
         (lambda d: (d / "x.png").write_bytes(b"not a png"), "cannot be decoded"),
         (lambda d: (d / "x.png").write_bytes(b""), "cannot be decoded"),
         (lambda d: np.save(d / "x.npy", np.array([1.0, np.nan], dtype=np.float32)), "NaN or Inf"),
-        (lambda d: (np.save(d / "a.npy", np.zeros((1, 4, 4), np.float32)), np.save(d / "b.npy", np.zeros((1, 5, 5), np.float32))), "the first sample had"),
+        (
+            lambda d: (
+                np.save(d / "a.npy", np.zeros((1, 4, 4), np.float32)),
+                np.save(d / "b.npy", np.zeros((1, 5, 5), np.float32)),
+            ),
+            "the first sample had",
+        ),
     ],
 )
 def test_bad_folders_raise_data_errors(tmp_path, setup, needle):

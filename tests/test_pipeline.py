@@ -25,7 +25,9 @@ def test_stats_round_trip_reproduces_the_calibrated_model(tmp_path, demo_model, 
     result = calibrate(demo_model, folder, limit=64, batch_size=16)
     assert result.manifest["samples"] == 64 and len(result.manifest["files"]) == 64
     assert all(len(f["sha256"]) == 64 for f in result.manifest["files"])
-    save_stats(tmp_path / "s.safetensors", result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest})
+    save_stats(
+        tmp_path / "s.safetensors", result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest}
+    )
     stats = load_stats(tmp_path / "s.safetensors")
     assert stats.meta["calibration"]["samples"] == 64 and stats.meta["model_sha256"] == demo_model.sha256
     assert any(k.endswith(".histogram") for k in stats.tensors)
@@ -131,7 +133,10 @@ def test_artifact_runs_in_a_fresh_process_with_plain_torch(form, demo_artifacts,
     torch.save(x, tmp_path / "x.pt")
     proc = subprocess.run(
         [sys.executable, "-c", FRESH, str(demo_artifacts[form]), str(tmp_path / "x.pt"), form, str(tmp_path / "y.pt")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []  # neither qcli nor torchao imported
@@ -159,7 +164,14 @@ def test_residual_on_input_never_writes_into_the_callers_tensor(tmp_path, residu
 def test_dynamic_mode_quantizes_linear_layers(tmp_path, residual_model_file):
     model, calib = residual_model_file
     arch = ArchSpec.parse("models:residual_mlp")
-    report = convert_model_file(model, tmp_path / "dyn.pt2", calib_dir=calib, arch=arch, options=CalibrationOptions(mode="dynamic"), form="program")
+    report = convert_model_file(
+        model,
+        tmp_path / "dyn.pt2",
+        calib_dir=calib,
+        arch=arch,
+        options=CalibrationOptions(mode="dynamic"),
+        form="program",
+    )
     assert report["mode"] == "dynamic" and report["quantized_layers"] == 3
     assert all(la["input_scale"] is None for la in report["layers"])  # activation scales chosen per call
     import torch.ao.quantization.fx._decomposed  # noqa: F401
@@ -183,4 +195,6 @@ def test_describe_model_lists_layers(demo_model):
     info = describe(Path(demo.WEIGHTS), ArchSpec.parse(demo.ARCH))
     assert info["parameters"] == demo_model.num_parameters
     assert info["quantizable_layers"] == 10
-    assert {"name": "fc", "type": "Linear", "weight_shape": [10, 64], "parameters": 650} .items() <= info["layers"][-1].items()
+    assert {"name": "fc", "type": "Linear", "weight_shape": [10, 64], "parameters": 650}.items() <= info["layers"][
+        -1
+    ].items()

@@ -14,6 +14,8 @@ import traceback
 from types import FrameType
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.exceptions import Abort, TyperException
 
 from qcli import __version__
 from qcli.cli import bench, calibrate, convert, inspect
@@ -46,7 +48,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Quantize saved PyTorch models to INT8 and prove the result."""
 
@@ -63,27 +67,52 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
 
 
-def main() -> None:
-    """Entry point: run the app; turn qcli errors into one line on stderr and an exit code."""
+def run(argv: list[str] | None = None) -> int:
+    """Run the app on ``argv`` and return the exit code; every failure is one line on stderr.
+
+    Usage errors (a missing path, a bad option value) are printed as one line too, with a pointer to
+    ``--help``, instead of Typer's framed panel, so CI logs stay greppable.
+    """
     debug = os.environ.get("QCLI_DEBUG", "") not in ("", "0")
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     try:
-        app(prog_name="qcli")
+        result = app(args=argv, prog_name="qcli", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        return exc.exit_code
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "qcli"
+        print(f"qcli: error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
+        return exc.exit_code
+    except TyperException as exc:  # other click errors, e.g. a file that cannot be opened
+        print(f"qcli: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
     except QcliError as exc:
         if debug:
             traceback.print_exc()
         print(f"qcli: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except Interrupted as exc:
         print("qcli: interrupted; no partial output was left", file=sys.stderr)
-        sys.exit(exc.code)
+        return exc.code
+    except Abort:  # EOF on a prompt
+        print("qcli: error: aborted", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:  # a bug in qcli or its libraries: still one line unless debugging
         if debug:
             traceback.print_exc()
         first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"qcli: internal error: {type(exc).__name__}: {first} (set QCLI_DEBUG=1 for the traceback)", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        print(
+            f"qcli: internal error: {type(exc).__name__}: {first} (set QCLI_DEBUG=1 for the traceback)", file=sys.stderr
+        )
+        return EXIT_ERROR
+
+
+def main() -> None:
+    """Entry point: SIGINT/SIGTERM unwind like KeyboardInterrupt (temporary files are removed)."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    sys.exit(run())
 
 
 if __name__ == "__main__":

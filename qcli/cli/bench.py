@@ -15,21 +15,52 @@ from qcli.errors import GateFailed, QcliError
 
 def bench_command(
     model: ModelArg,
-    artifact: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, help="INT8 artifact from `qcli convert`.")] = None,
-    eval_dir: Annotated[Path | None, typer.Option("--eval-dir", exists=True, file_okay=False, help="Samples for accuracy: class sub-folders give top-1/top-5; otherwise fidelity to FP32.")] = None,
-    calib_dir: Annotated[Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Without ARTIFACT: calibrate on this folder and quantize first.")] = None,
-    batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Comma-separated batch sizes (default 1,16).")] = None,
+    artifact: Annotated[
+        Path | None,
+        typer.Argument(metavar="INT8_ARTIFACT", exists=True, dir_okay=False, help="INT8 artifact from `qcli convert`."),
+    ] = None,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-dir",
+            exists=True,
+            file_okay=False,
+            help="Samples for accuracy: class sub-folders give top-1/top-5; otherwise fidelity to FP32.",
+        ),
+    ] = None,
+    calib_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--calib-dir",
+            exists=True,
+            file_okay=False,
+            help="Without ARTIFACT: calibrate on this folder and quantize first.",
+        ),
+    ] = None,
+    batch_sizes: Annotated[
+        str | None, typer.Option("--batch-sizes", help="Comma-separated batch sizes (default 1,16).")
+    ] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed calls per variant first (default 3).")] = None,
-    runs: Annotated[int | None, typer.Option("--runs", help="Timed calls per variant and batch size (default 20).")] = None,
+    runs: Annotated[
+        int | None, typer.Option("--runs", help="Timed calls per variant and batch size (default 20).")
+    ] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate at most N samples.")] = None,
-    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Fail (exit 3) if accuracy drops more than X points.")] = None,
-    min_speedup: Annotated[float | None, typer.Option("--min-speedup", help="Fail (exit 3) if INT8 is under Y times FP32 compiled.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    max_drop: Annotated[
+        float | None, typer.Option("--max-drop", help="Fail (exit 3) if accuracy drops more than X points.")
+    ] = None,
+    min_speedup: Annotated[
+        float | None, typer.Option("--min-speedup", help="Fail (exit 3) if INT8 is under Y times FP32 compiled.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON report to this file.")
+    ] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     config: ConfigOpt = None,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json or markdown.")] = OutputFormat.table,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, json or markdown.")
+    ] = OutputFormat.table,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure FP32 eager, FP32 compiled and INT8 interleaved in one process, and their accuracy.
@@ -44,11 +75,20 @@ def bench_command(
     gate_error: GateFailed | None = None
     try:
         report = bench_model(
-            model, artifact, arch=arch_spec(arch, arch_kwargs), eval_dir=eval_dir, calib_dir=calib_dir, recipe=rec,
-            batch_sizes=sizes, threads=rec.option("bench", "threads", threads, None),
-            warmup=rec.option("bench", "warmup", warmup, 3), runs=rec.option("bench", "runs", runs, 20),
-            eval_limit=eval_limit, max_drop=rec.option("bench", "max_drop", max_drop, None),
-            min_speedup=rec.option("bench", "min_speedup", min_speedup, None), track=render.tracker(quiet, "evaluating"),
+            model,
+            artifact,
+            arch=arch_spec(arch, arch_kwargs),
+            eval_dir=eval_dir,
+            calib_dir=calib_dir,
+            recipe=rec,
+            batch_sizes=sizes,
+            threads=rec.option("bench", "threads", threads, None),
+            warmup=rec.option("bench", "warmup", warmup, 3),
+            runs=rec.option("bench", "runs", runs, 20),
+            eval_limit=eval_limit,
+            max_drop=rec.option("bench", "max_drop", max_drop, None),
+            min_speedup=rec.option("bench", "min_speedup", min_speedup, None),
+            track=render.tracker(quiet, "evaluating"),
         )
     except GateFailed as exc:
         if exc.report is None:

@@ -26,7 +26,10 @@ from qcli.cli.options import (
 
 def calibrate_command(
     model: ModelArg,
-    calib_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder of images or tensor files.")],
+    calib_dir: Annotated[
+        Path,
+        typer.Argument(metavar="CALIB_DIR", exists=True, file_okay=False, help="Folder of images or tensor files."),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Statistics file to write (.safetensors).")],
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
@@ -48,7 +51,13 @@ def calibrate_command(
     rec = recipe(config)
     options = calibration_options(rec, "calibrate", limit, seed, batch_size, mode)
     report = calibrate_model(
-        model, calib_dir, output, arch=arch_spec(arch, arch_kwargs), recipe=rec, options=options, force=force,
+        model,
+        calib_dir,
+        output,
+        arch=arch_spec(arch, arch_kwargs),
+        recipe=rec,
+        options=options,
+        force=force,
         track=render.tracker(quiet, "calibrating"),
     )
     if format is OutputFormat.json:
@@ -58,5 +67,6 @@ def calibrate_command(
     render.stdout.print(
         f"wrote {stats['path']} ({render.fmt_bytes(stats['size_bytes'])}): {stats['observers']} observers "
         f"over {report['samples']} samples ({report['mode']})",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )

@@ -37,7 +37,9 @@ def parse_batch_sizes(value: str | list[int]) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
-def calibration_options(rec: Recipe, command: str, limit: int | None, seed: int | None, batch_size: int | None, mode: Any) -> Any:
+def calibration_options(
+    rec: Recipe, command: str, limit: int | None, seed: int | None, batch_size: int | None, mode: Any
+) -> Any:
     """CalibrationOptions from flags, else the recipe's ``[command]`` section, else defaults."""
     from qcli.api import CalibrationOptions
 

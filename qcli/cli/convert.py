@@ -28,11 +28,26 @@ from qcli.cli.options import (
 def convert_command(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Artifact to write (.pt2).")],
-    stats: Annotated[Path | None, typer.Option("--stats", exists=True, dir_okay=False, help="Statistics from `qcli calibrate`.")] = None,
-    calib_dir: Annotated[Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Calibrate on this folder first.")] = None,
+    stats: Annotated[
+        Path | None, typer.Option("--stats", exists=True, dir_okay=False, help="Statistics from `qcli calibrate`.")
+    ] = None,
+    calib_dir: Annotated[
+        Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Calibrate on this folder first.")
+    ] = None,
     mode: ModeOpt = None,
-    form: Annotated[Form | None, typer.Option("--form", help="package (AOTInductor, deployable), program (exported, portable) or both (program at NAME.program.pt2).")] = None,
-    package_batch_sizes: Annotated[str | None, typer.Option("--package-batch-sizes", help="Batch sizes the package is compiled for, one model each (default 1,16).")] = None,
+    form: Annotated[
+        Form | None,
+        typer.Option(
+            "--form",
+            help="package (AOTInductor, deployable), program (exported, portable) or both (program at NAME.program.pt2).",
+        ),
+    ] = None,
+    package_batch_sizes: Annotated[
+        str | None,
+        typer.Option(
+            "--package-batch-sizes", help="Batch sizes the package is compiled for, one model each (default 1,16)."
+        ),
+    ] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     config: ConfigOpt = None,
@@ -52,18 +67,30 @@ def convert_command(
     rec = recipe(config)
     options = calibration_options(rec, "convert", limit, seed, batch_size, mode)
     report = convert_model_file(
-        model, output, stats=stats, calib_dir=calib_dir, arch=arch_spec(arch, arch_kwargs), recipe=rec, options=options,
-        form=rec.option("convert", "form", form.value if form else None, "package"), force=force,
-        package_batch_sizes=parse_batch_sizes(rec.option("convert", "package_batch_sizes", package_batch_sizes, "1,16")),
+        model,
+        output,
+        stats=stats,
+        calib_dir=calib_dir,
+        arch=arch_spec(arch, arch_kwargs),
+        recipe=rec,
+        options=options,
+        form=rec.option("convert", "form", form.value if form else None, "package"),
+        force=force,
+        package_batch_sizes=parse_batch_sizes(
+            rec.option("convert", "package_batch_sizes", package_batch_sizes, "1,16")
+        ),
         track=render.tracker(quiet, "calibrating"),
     )
     if format is OutputFormat.json:
         print(render.to_json(report))
         return
     for name, out in report["outputs"].items():
-        render.stdout.print(f"wrote {out['path']} ({name}, {render.fmt_bytes(out['size_bytes'])})", markup=False, highlight=False)
+        render.stdout.print(
+            f"wrote {out['path']} ({name}, {render.fmt_bytes(out['size_bytes'])})", markup=False, highlight=False
+        )
     render.stdout.print(
         f"{report['quantized_layers']} of {len(report['layers'])} conv/linear layers INT8 ({report['mode']}); "
         f"model file was {render.fmt_bytes(report['model']['size_bytes'])}",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )

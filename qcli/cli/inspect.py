@@ -13,10 +13,17 @@ from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat
 
 
 def inspect_command(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A model file or a qcli INT8 artifact.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL_OR_ARTIFACT", exists=True, dir_okay=False, help="A model file or a qcli INT8 artifact."
+        ),
+    ],
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json or markdown.")] = OutputFormat.table,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, json or markdown.")
+    ] = OutputFormat.table,
 ) -> None:
     """Show a model's format, size, inputs and layers, or what an INT8 artifact quantized and how.
 

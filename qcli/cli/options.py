@@ -29,6 +29,7 @@ class Form(str, Enum):
 ModelArg = Annotated[
     Path,
     typer.Argument(
+        metavar="MODEL",
         exists=True,
         dir_okay=False,
         help="FP32 model: TorchScript archive, state dict (.pt/.pth/.bin/.safetensors, needs --arch) or exported program (.pt2).",
@@ -36,19 +37,28 @@ ModelArg = Annotated[
 ]
 ArchOpt = Annotated[
     str | None,
-    typer.Option("--arch", help="module.path:callable that builds the model for a state dict, e.g. qcli.demo.model:DigitNet."),
+    typer.Option(
+        "--arch", help="module.path:callable that builds the model for a state dict, e.g. qcli.demo.model:DigitNet."
+    ),
 ]
 ArchKwargsOpt = Annotated[
     str | None,
-    typer.Option("--arch-kwargs", help='JSON keyword arguments for --arch, e.g. \'{"num_classes": 10}\'.'),
+    typer.Option("--arch-kwargs", help="JSON keyword arguments for --arch, e.g. '{\"num_classes\": 10}'."),
 ]
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML recipe (see configs/); flags on the command line win."),
+    typer.Option(
+        "--config", "-c", exists=True, dir_okay=False, help="TOML recipe (see configs/); flags on the command line win."
+    ),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most N calibration samples.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Shuffle the sample order with this seed (default: sorted by path).")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Shuffle the sample order with this seed (default: sorted by path).")
+]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per calibration batch (default 32).")]
-ModeOpt = Annotated[Mode | None, typer.Option("--mode", help="static: calibrated activations; dynamic: activation ranges per call (Linear layers).")]
+ModeOpt = Annotated[
+    Mode | None,
+    typer.Option("--mode", help="static: calibrated activations; dynamic: activation ranges per call (Linear layers)."),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or hints on stderr.")]

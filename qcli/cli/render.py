@@ -40,7 +40,14 @@ def tracker(quiet: bool, description: str) -> Any:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr, transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+        ) as progress:
             task = progress.add_task(description, total=total)
             for item in items:
                 yield item
@@ -85,7 +92,9 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
     return table
 
 
-def emit(tables: list[tuple[str, list[str], list[list[str]]]], lines: list[str], fmt_name: str, console: Console = stdout) -> None:
+def emit(
+    tables: list[tuple[str, list[str], list[list[str]]]], lines: list[str], fmt_name: str, console: Console = stdout
+) -> None:
     """Print titled tables and free lines as a Rich table or as Markdown."""
     if fmt_name == "markdown":
         parts = []
@@ -112,14 +121,36 @@ def bench_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], lis
             if name in v:
                 lat = v[name]
                 ratio = entry["speedup_vs_fp32_compiled"] if name == "int8" else None
-                rows.append([str(entry["batch_size"]), name, fmt(lat["p50_ms"], 3), fmt(lat["p90_ms"], 3), fmt(lat["throughput"], 1), fmt(ratio, 2, "x")])
-    tables = [(f"Latency ({env['threads']} threads, {env['cpu_capability']}, torch {env['torch_version']})", ["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"], rows)]
+                rows.append(
+                    [
+                        str(entry["batch_size"]),
+                        name,
+                        fmt(lat["p50_ms"], 3),
+                        fmt(lat["p90_ms"], 3),
+                        fmt(lat["throughput"], 1),
+                        fmt(ratio, 2, "x"),
+                    ]
+                )
+    tables = [
+        (
+            f"Latency ({env['threads']} threads, {env['cpu_capability']}, torch {env['torch_version']})",
+            ["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"],
+            rows,
+        )
+    ]
     acc = report.get("accuracy")
     if acc:
         arows = []
         if acc["labeled"]:
             arows.append(["top-1 %", fmt(acc["fp32_top1"]), fmt(acc["int8_top1"]), fmt(-acc["drop"], 2)])
-            arows.append(["top-5 %", fmt(acc["fp32_top5"]), fmt(acc["int8_top5"]), fmt(_diff(acc["int8_top5"], acc["fp32_top5"]), 2)])
+            arows.append(
+                [
+                    "top-5 %",
+                    fmt(acc["fp32_top5"]),
+                    fmt(acc["int8_top5"]),
+                    fmt(_diff(acc["int8_top5"], acc["fp32_top5"]), 2),
+                ]
+            )
         arows.append(["top-1 agreement %", "100.00", fmt(acc["top1_agreement"]), "-"])
         arows.append(["SQNR dB", "-", fmt(acc["sqnr_db"], 1), "-"])
         arows.append(["cosine", "1.0000", fmt(acc["cosine"], 4), "-"])
@@ -154,29 +185,71 @@ def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], l
             ["source", f"{src.get('file')} ({src.get('format')}, sha256 {str(src.get('sha256'))[:12]}…)"],
             ["inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in report.get("inputs") or [])],
             ["outputs", ", ".join(f"{o['shape']} {o['dtype']}" for o in report.get("outputs") or [])],
-            ["calibration", f"{report['calibration'].get('samples')} samples from {report['calibration'].get('files')} files in '{report['calibration'].get('root')}'"],
+            [
+                "calibration",
+                f"{report['calibration'].get('samples')} samples from {report['calibration'].get('files')} files in '{report['calibration'].get('root')}'",
+            ],
             ["written by", f"qcli {wb['qcli_version']}, torch {wb['torch_version']}, torchao {wb['torchao_version']}"],
         ]
         if report.get("compiled_for"):
-            summary.append(["compiled for", f"{report['compiled_for']['isa']} ({report['compiled_for']['cpu_capability']})"])
+            summary.append(
+                ["compiled for", f"{report['compiled_for']['isa']} ({report['compiled_for']['cpu_capability']})"]
+            )
         layers = [
-            [la["name"], la["op"], la["weight_dtype"] or "-", fmt(la["weight_scale_min"], 6), fmt(la["weight_scale_max"], 6), fmt(la["input_scale"], 6), fmt(la["input_zero_point"])]
+            [
+                la["name"],
+                la["op"],
+                la["weight_dtype"] or "-",
+                fmt(la["weight_scale_min"], 6),
+                fmt(la["weight_scale_max"], 6),
+                fmt(la["input_scale"], 6),
+                fmt(la["input_zero_point"]),
+            ]
             for la in report["layers"]
         ]
         return (
-            [("INT8 artifact", ["field", "value"], summary), (f"Layers ({report['quantized_layers']} quantized)", ["layer", "type", "weights", "w scale min", "w scale max", "in scale", "in zp"], layers)],
+            [
+                ("INT8 artifact", ["field", "value"], summary),
+                (
+                    f"Layers ({report['quantized_layers']} quantized)",
+                    ["layer", "type", "weights", "w scale min", "w scale max", "in scale", "in zp"],
+                    layers,
+                ),
+            ],
             [],
         )
     summary = [
         ["format", report["format"]],
         ["size", fmt_bytes(report["size_bytes"])],
         ["parameters", f"{report['parameters']:,}"],
-        ["inputs", ", ".join(f"{i['name']} (rank {i['rank'] if i['rank'] is not None else '?'}" + (f", {i['channels']} channels)" if i.get("channels") else ")") for i in report["inputs"])],
+        [
+            "inputs",
+            ", ".join(
+                f"{i['name']} (rank {i['rank'] if i['rank'] is not None else '?'}"
+                + (f", {i['channels']} channels)" if i.get("channels") else ")")
+                for i in report["inputs"]
+            ),
+        ],
         ["quantizable layers", str(report["quantizable_layers"])],
-        ["CPU", f"{report['cpu']['capability']} ({', '.join(report['cpu']['features']) or 'no INT8 dot-product features'})"],
+        [
+            "CPU",
+            f"{report['cpu']['capability']} ({', '.join(report['cpu']['features']) or 'no INT8 dot-product features'})",
+        ],
     ]
     layers = [
-        [la["name"] or "(root)", la["type"], str(la["weight_shape"] or "-"), f"{la['parameters']:,}", "INT8" if la["quantized_static"] else ("folded" if la.get("folded") else "FP32")]
+        [
+            la["name"] or "(root)",
+            la["type"],
+            str(la["weight_shape"] or "-"),
+            f"{la['parameters']:,}",
+            "INT8" if la["quantized_static"] else ("folded" if la.get("folded") else "FP32"),
+        ]
         for la in report["layers"]
     ]
-    return ([("Model", ["field", "value"], summary), ("Layers", ["layer", "type", "weight shape", "params", "static mode"], layers)], [f"note: {n}" for n in report["notes"]])
+    return (
+        [
+            ("Model", ["field", "value"], summary),
+            ("Layers", ["layer", "type", "weight shape", "params", "static mode"], layers),
+        ],
+        [f"note: {n}" for n in report["notes"]],
+    )

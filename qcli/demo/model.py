@@ -26,9 +26,7 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_bn(cin, cout, stride)
         self.conv2 = conv_bn(cout, cout)
         self.relu = nn.ReLU()
-        self.shortcut = (
-            conv_bn(cin, cout, stride, kernel=1) if stride != 1 or cin != cout else nn.Identity()
-        )
+        self.shortcut = conv_bn(cin, cout, stride, kernel=1) if stride != 1 or cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.conv1(x))

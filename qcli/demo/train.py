@@ -43,9 +43,7 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 def split(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Hold out ``per_class`` samples of every class; return (train_idx, heldout_idx)."""
-    held = np.concatenate(
-        [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)]
-    )
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)])
     train = np.setdiff1d(np.arange(len(labels)), held)
     return rng.permutation(train), np.sort(held)
 

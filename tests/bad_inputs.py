@@ -1,0 +1,308 @@
+"""The corpus of bad inputs: each case builds its files, runs one qcli command, and states the answer.
+
+Every case must end with exactly one line on stderr starting ``qcli: error:``, the documented exit
+code, no traceback, and no new file outside what the case itself made. ``tests/test_bad_inputs.py``
+checks that; running this file prints the table of messages that ``docs/bad-inputs.md`` holds::
+
+    python tests/bad_inputs.py > docs/bad-inputs.md
+
+Cases run in-process through ``qcli.cli.app.run`` (one torch import for the whole corpus), each in
+its own working folder so that the paths in the messages are short and the same on every machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(TESTS))
+
+from qcli import demo  # noqa: E402
+
+ARCH = ["--arch", demo.ARCH]
+MARKER = "pwned.txt"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    setup: Callable[[Path], list[str]]  # makes the files in the working folder, returns argv
+    exit_code: int
+    needle: str  # must appear in the error line
+
+
+@dataclass
+class Outcome:
+    case: Case
+    argv: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+    new_files: list[str]
+
+    @property
+    def line(self) -> str:
+        return self.stderr.strip()
+
+
+# --- builders: small, each writes only into the working folder ---------------------------------
+
+
+def weights(d: Path) -> str:
+    shutil.copy(demo.WEIGHTS, d / "digits.safetensors")
+    return "digits.safetensors"
+
+
+def calib(d: Path, n: int = 8) -> str:
+    (d / "calib").mkdir(exist_ok=True)
+    for path in sorted(demo.CALIB_DIR.iterdir())[:n]:
+        shutil.copy(path, d / "calib" / path.name)
+    return "calib"
+
+
+def calibrate_args(d: Path, model: str | None = None, calib_dir: str | None = None, *extra: str) -> list[str]:
+    model = model or weights(d)
+    calib_dir = calib_dir or calib(d)
+    return ["calibrate", model, calib_dir, "-o", "stats.safetensors", *ARCH, *extra]
+
+
+def model_file(content: bytes) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        (d / "model.pt").write_bytes(content)
+        return ["inspect", "model.pt"]
+
+    return setup
+
+
+def truncated_torchscript(d: Path) -> list[str]:
+    data = demo.TORCHSCRIPT.read_bytes()
+    (d / "model.pt").write_bytes(data[: len(data) // 2])
+    return ["inspect", "model.pt"]
+
+
+def foreign_zip(d: Path) -> list[str]:
+    with zipfile.ZipFile(d / "model.pt", "w") as z:
+        z.writestr("readme.txt", "a zip, but not a model")
+    return ["inspect", "model.pt"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (open, (MARKER, "w"))
+
+
+def evil_pickle(d: Path) -> list[str]:
+    with open(d / "model.pt", "wb") as f:
+        pickle.dump({"weight": _Evil()}, f)
+    return ["inspect", "model.pt", *ARCH]
+
+
+def evil_torch_save(d: Path) -> list[str]:
+    torch.save({"weight": _Evil()}, d / "model.pt")
+    return ["inspect", "model.pt", *ARCH]
+
+
+def state_dict_keys(d: Path) -> list[str]:
+    state = load_file(demo.WEIGHTS)
+    state["extra.weight"] = state.pop(next(iter(state)))
+    save_file(state, d / "renamed.safetensors")
+    return ["inspect", "renamed.safetensors", *ARCH]
+
+
+def state_dict_shapes(d: Path) -> list[str]:
+    state = load_file(demo.WEIGHTS)
+    key = next(k for k, v in state.items() if v.dim() == 4)
+    state[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 2)
+    save_file(state, d / "reshaped.safetensors")
+    return ["inspect", "reshaped.safetensors", *ARCH]
+
+
+def arch(spec: str) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        return ["inspect", weights(d), "--arch", spec]
+
+    return setup
+
+
+def files_in_calib(write: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        (d / "samples").mkdir()
+        write(d / "samples")
+        return calibrate_args(d, calib_dir="samples")
+
+    return setup
+
+
+def mixed_shapes(d: Path) -> None:
+    np.save(d / "a.npy", np.zeros((1, 28, 28), np.float32))
+    np.save(d / "b.npy", np.zeros((1, 32, 32), np.float32))
+
+
+def qcli_ok(*argv: str) -> None:
+    """Run a setup step through qcli itself; it must succeed."""
+    from qcli.cli.app import run
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = run(list(argv))
+    assert code == 0, err.getvalue()
+
+
+def stats_of_other_model(d: Path) -> list[str]:
+    from models import residual_mlp
+
+    save_file(residual_mlp().state_dict(), d / "mlp.safetensors")
+    (d / "vectors").mkdir()
+    np.save(d / "vectors" / "x.npy", np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32))
+    qcli_ok("calibrate", "mlp.safetensors", "vectors", "--arch", "models:residual_mlp", "-o", "other-stats.safetensors")
+    return ["convert", weights(d), *ARCH, "--stats", "other-stats.safetensors", "-o", "int8.pt2"]
+
+
+def int8_as_model(d: Path) -> list[str]:
+    qcli_ok("convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--form", "program")
+    return ["calibrate", "int8.pt2", calib(d), "-o", "stats.safetensors"]
+
+
+def existing_output(d: Path) -> list[str]:
+    (d / "stats.safetensors").write_bytes(b"keep me")
+    return calibrate_args(d)
+
+
+def recipe(text: str) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        (d / "recipe.toml").write_text(text)
+        return calibrate_args(d, None, None, "--config", "recipe.toml")
+
+    return setup
+
+
+CASES: list[Case] = [
+    Case("missing model path", lambda d: ["inspect", "nothing.pt"], 2, "does not exist"),
+    Case("folder given as the model", lambda d: ((d / "model").mkdir(), ["inspect", "model"])[1], 2, "is a directory"),
+    Case("file given as the calibration folder", lambda d: calibrate_args(d, None, weights(d)), 2, "is a file"),
+    Case("missing calibration folder", lambda d: calibrate_args(d, None, "nowhere"), 2, "does not exist"),
+    Case("empty model file", model_file(b""), 1, "is empty"),
+    Case("random bytes as the model", model_file(os.urandom(64) * 8), 1, "is not a TorchScript archive"),
+    Case("truncated TorchScript archive", truncated_torchscript, 1, "truncated"),
+    Case("zip that is not TorchScript", foreign_zip, 1, "zip archive"),
+    Case("pickle that would run code", evil_pickle, 1, "never unpickles code"),
+    Case("torch.save of an object that would run code", evil_torch_save, 1, "never unpickles code"),
+    Case("state dict with wrong keys", state_dict_keys, 1, "missing"),
+    Case("state dict with wrong shapes", state_dict_shapes, 1, "shape"),
+    Case("--arch module does not import", arch("no_such_module:Net"), 1, "cannot import"),
+    Case("--arch names no callable", arch("qcli.demo:WEIGHTS"), 1, "not callable"),
+    Case("--arch callable raises", arch("models:broken_arch"), 1, "raised"),
+    Case("--arch-kwargs not JSON", lambda d: ["inspect", weights(d), *ARCH, "--arch-kwargs", "{width: 3"], 1, "JSON"),
+    Case("empty calibration folder", files_in_calib(lambda s: None), 1, "has no image or tensor files"),
+    Case(
+        "corrupt image",
+        files_in_calib(lambda s: (s / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")),
+        1,
+        "cannot be decoded",
+    ),
+    Case("zero-byte image", files_in_calib(lambda s: (s / "x.png").write_bytes(b"")), 1, "cannot be decoded"),
+    Case("samples of mixed shapes", files_in_calib(mixed_shapes), 1, "the first sample had"),
+    Case(
+        "NaN in a sample",
+        files_in_calib(lambda s: np.save(s / "x.npy", np.full((1, 28, 28), np.nan, np.float32))),
+        1,
+        "NaN or Inf",
+    ),
+    Case(
+        "Inf in a sample",
+        files_in_calib(lambda s: np.save(s / "x.npy", np.full((1, 28, 28), np.inf, np.float32))),
+        1,
+        "NaN or Inf",
+    ),
+    Case(
+        "integer tensor where floats are expected",
+        files_in_calib(lambda s: np.save(s / "x.npy", np.zeros((1, 28, 28), np.uint8))),
+        1,
+        "uint8 values",
+    ),
+    Case("stats file of another model", stats_of_other_model, 1, "another model"),
+    Case("INT8 artifact given as the FP32 model", int8_as_model, 1, "qcli INT8 artifact"),
+    Case(
+        "output folder not writable",
+        lambda d: ["calibrate", weights(d), calib(d), "-o", "/proc/stats.safetensors", *ARCH],
+        1,
+        "not writable",
+    ),
+    Case(
+        "output folder missing",
+        lambda d: ["calibrate", weights(d), calib(d), "-o", "out/stats.safetensors", *ARCH],
+        1,
+        "does not exist",
+    ),
+    Case("output exists, no --force", existing_output, 1, "--force"),
+    Case("recipe is not TOML", recipe("[calibrate\nlimit = 1"), 1, "is not valid TOML"),
+    Case("recipe has an unknown key", recipe("[calibrate]\nlimt = 3\n"), 1, "unknown key 'calibrate.limt'"),
+    Case("recipe value of the wrong type", recipe("[calibrate]\nlimit = 'many'\n"), 1, "wrong type"),
+]
+
+
+def snapshot(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*")}
+
+
+def run_case(case: Case, workdir: Path) -> Outcome:
+    """Build the case in ``workdir`` (empty), run qcli in-process there, and report what happened."""
+    from qcli.cli.app import run
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        argv = case.setup(workdir)
+        before = snapshot(workdir)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(argv)
+    finally:
+        os.chdir(cwd)
+    return Outcome(case, argv, code, out.getvalue(), err.getvalue(), sorted(snapshot(workdir) - before))
+
+
+def run_all(cases: list[Case] = CASES) -> list[Outcome]:
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = []
+        for i, case in enumerate(cases):
+            workdir = Path(tmp) / f"case{i:02d}"
+            workdir.mkdir()
+            outcomes.append(run_case(case, workdir))
+        return outcomes
+
+
+def markdown(outcomes: list[Outcome]) -> str:
+    rows = [
+        "# Bad inputs and what qcli answers",
+        "",
+        "Generated by `python tests/bad_inputs.py > docs/bad-inputs.md`; `tests/test_bad_inputs.py` fails",
+        "when this file and the real answers differ. Every answer is one line on stderr, no file is",
+        "written, and no traceback is shown (set `QCLI_DEBUG=1` to see one).",
+        "",
+        "| bad input | command | exit | message |",
+        "|---|---|---|---|",
+    ]
+    for o in outcomes:
+        message = o.line.replace("|", "\\|")
+        rows.append(f"| {o.case.name} | `qcli {' '.join(o.argv)}` | {o.exit_code} | {message} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown(run_all()))
