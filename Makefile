@@ -11,7 +11,7 @@ DEMO   := qcli/demo
 ARCH   := qcli.demo.model:DigitNet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-slow test-all lint typecheck bench train-demo clean
+.PHONY: install demo test test-slow test-all fuzz lint typecheck bench bench-memory bad-inputs-table train-demo clean
 
 install: $(STAMP)
 
@@ -41,6 +41,14 @@ test-slow: install
 test-all: install
 	$(BIN)/pytest -q
 
+# a longer property-based campaign than the one in `make test`
+fuzz: install
+	QCLI_FUZZ_EXAMPLES=5000 $(BIN)/pytest -q tests/test_fuzz.py --hypothesis-show-statistics
+
+# regenerate docs/bad-inputs.md from the corpus in tests/bad_inputs.py
+bad-inputs-table: install
+	$(BIN)/python tests/bad_inputs.py > docs/bad-inputs.md
+
 lint: install
 	$(BIN)/pip install -q ruff
 	$(BIN)/ruff check qcli tests benchmarks
@@ -52,6 +60,9 @@ typecheck: install
 
 bench: install
 	$(BIN)/python benchmarks/resnet18.py
+
+bench-memory: install
+	$(BIN)/python benchmarks/memory.py
 
 train-demo: install
 	$(BIN)/pip install -q mlxtend

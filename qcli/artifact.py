@@ -24,7 +24,7 @@ from typing import Any
 
 from qcli import __version__, engine, hardware
 from qcli.errors import ArtifactError
-from qcli.files import atomic_output, require_file
+from qcli.files import atomic_output, fix_serialization_id, require_file
 from qcli.load import AOTI_PACKAGE, EXPORTED_PROGRAM, QCLI_EXTRA, detect_format
 
 ARTIFACT_FORMAT = "qcli-int8"
@@ -80,6 +80,7 @@ def write_package(
                 },
             )
         package_aoti(str(tmp), files)
+        fix_serialization_id(tmp)
 
 
 def write_program(program: Any, path: Path, metadata: dict[str, Any]) -> None:
@@ -87,7 +88,9 @@ def write_program(program: Any, path: Path, metadata: dict[str, Any]) -> None:
 
     meta = {**metadata, "form": "program"}
     with atomic_output(path) as tmp, engine.quiet():
+        engine.drop_provenance(program)
         torch.export.save(program, str(tmp), extra_files={QCLI_EXTRA: json.dumps(meta, sort_keys=True)})
+        fix_serialization_id(tmp)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from qcli import __version__, engine
 from qcli.data import Batch, InputSpec
 from qcli.errors import DataError, StatsError
-from qcli.files import atomic_output
+from qcli.files import atomic_output, save_safetensors
 from qcli.load import LoadedModel
 
 STATS_FORMAT = "qcli-stats"
@@ -101,8 +101,6 @@ def observer_kinds(prepared: Prepared) -> dict[str, str]:
 
 def save_stats(path: Path, prepared: Prepared, metadata: dict[str, Any]) -> None:
     """Write the statistics atomically with JSON metadata (model hash, files, config, input spec)."""
-    from safetensors.torch import save_file
-
     header = {
         "format": STATS_FORMAT,
         "format_version": str(STATS_VERSION),
@@ -122,7 +120,7 @@ def save_stats(path: Path, prepared: Prepared, metadata: dict[str, Any]) -> None
         ),
     }
     with atomic_output(path) as tmp:
-        save_file(stats_tensors(prepared), str(tmp), metadata=header)
+        save_safetensors(stats_tensors(prepared), header, tmp)
 
 
 @dataclass(frozen=True)

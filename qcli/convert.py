@@ -155,6 +155,7 @@ def convert_model(
         outs = converted(*prepared.example)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
     graph = finalize(converted)
+    program = engine.export(graph, prepared.example, prepared.spec.names)
     metadata = {
         **base_metadata(),
         "mode": prepared.mode,
@@ -180,6 +181,8 @@ def convert_model(
         "config": config or {},
         "calibration": calibration or {},
         "layers": [layer.to_dict() for layer in layers],
+        # the same in every run with the same inputs, for both forms (the package's own bytes are not)
+        "graph_sha256": engine.graph_digest(program),
     }
     outputs = {}
     if form in ("package", "both"):
@@ -187,6 +190,6 @@ def convert_model(
         outputs["package"] = str(out)
     if form in ("program", "both"):
         target = out if form == "program" else program_path(out)
-        write_program(engine.export(graph, prepared.example, prepared.spec.names), target, metadata)
+        write_program(program, target, metadata)
         outputs["program"] = str(target)
     return Conversion(outputs, metadata, layers)

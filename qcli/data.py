@@ -104,18 +104,25 @@ class SampleFolder:
         return self.classes.index(path.relative_to(self.root).parts[0])
 
     def samples(self, spec: InputSpec, limit: int | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """Yield (file, sample) pairs, at most ``limit`` of them, checking that each is finite."""
+        """Yield (file, sample) pairs, at most ``limit`` of them, checking that each is finite.
+
+        Floating-point samples become float32, what qcli's FP32 models take; a value that does
+        not fit float32 (a float64 of 1e39, say) would be Inf there and is refused like Inf.
+        """
         import torch
 
         count = 0
         for path in self.files:
             for sample in READERS[path.suffix.lower()](path, self.preprocess, spec):
                 for name, tensor in sample.items():
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        raise DataError(
-                            f"sample '{self._rel(path)}' input '{name}' holds NaN or Inf values; remove or fix the file",
-                            path=path,
-                        )
+                    if tensor.is_floating_point():
+                        sample[name] = tensor = tensor.to(torch.float32)
+                        if not bool(torch.isfinite(tensor).all()):
+                            raise DataError(
+                                f"sample '{self._rel(path)}' input '{name}' holds NaN or Inf values (or values "
+                                "beyond float32's range); remove or fix the file",
+                                path=path,
+                            )
                 yield path, sample
                 count += 1
                 if limit is not None and count >= limit:
@@ -144,8 +151,8 @@ class SampleFolder:
             elif layout != first:
                 raise DataError(
                     f"sample '{self._rel(path)}' has {_describe(layout)} but the first sample had "
-                    f"{_describe(first)}; make all samples the same size (for images set resize and "
-                    "center_crop in the config)",
+                    f"{_describe(first)}; make all samples the same size and type (for images set resize "
+                    "and center_crop in the config)",
                     path=path,
                 )
             pending.append((path, sample))
@@ -228,11 +235,13 @@ def _per_channel(values: tuple[float, ...], channels: int, key: str) -> list[flo
 @reader(".pt", ".pth")
 def read_torch(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
     import pickle
+    import warnings
 
     import torch
 
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings():  # torch warns about odd pickle protocols
+            warnings.simplefilter("ignore")
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise DataError(

@@ -8,6 +8,7 @@ from typing import Any
 from qcli import hardware
 from qcli.artifact import read_metadata
 from qcli.data import infer_input_spec
+from qcli.files import sha256_file
 from qcli.load import AOTI_PACKAGE, TORCHSCRIPT, ArchSpec, detect_format, is_qcli_artifact, load_model
 
 SCHEMA_VERSION = 1
@@ -81,6 +82,8 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         "format_version": meta["format_version"],
         "form": meta["form"],
         "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "graph_sha256": meta.get("graph_sha256"),
         "mode": meta.get("mode"),
         "method": meta.get("method"),
         "written_by": {k: meta.get(k) for k in ("qcli_version", "torch_version", "torchao_version")},

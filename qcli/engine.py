@@ -138,3 +138,32 @@ def observers(prepared: Any) -> dict[str, Any]:
         n.target for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target)
     ]
     return {name: prepared.get_submodule(name) for name in order}
+
+
+def drop_provenance(program: Any) -> None:
+    """Remove ``from_node`` provenance from an exported program's nodes before saving it: it
+    records ``id()`` of intermediate graphs (memory addresses), so every run would save different
+    bytes. It is debugging information only; the graph and its other metadata are untouched."""
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in graph.nodes if graph is not None else ():
+            node.meta.pop("from_node", None)
+
+
+def graph_digest(program: Any) -> str:
+    """SHA-256 of an exported program's code and of every weight and constant, in name order:
+    identifies the INT8 model itself, whatever bytes a compiler wraps around it."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(program.graph_module.code.encode())
+    tensors = {**program.state_dict, **program.constants}
+    for name in sorted(tensors):
+        value = tensors[name]
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            value = value.detach().contiguous().cpu()
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from models import residual_mlp
 
 from qcli import demo
@@ -15,6 +17,13 @@ from qcli.data import SampleFolder, infer_input_spec
 from qcli.load import ArchSpec, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis: a fixed number of examples, derandomized so that CI runs are repeatable;
+# QCLI_FUZZ_EXAMPLES=2000 make test runs a longer campaign.
+settings.register_profile(
+    "qcli", max_examples=int(os.environ.get("QCLI_FUZZ_EXAMPLES", "300")), derandomize=True, deadline=None
+)
+settings.load_profile("qcli")
 MNIST_RECIPE = ROOT / "configs" / "mnist.toml"
 
 

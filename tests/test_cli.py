@@ -178,3 +178,38 @@ def test_interrupt_leaves_nothing(tmp_path, signame):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == (130 if signame == "SIGINT" else 143), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_convert_leaves_nothing(tmp_path, signame):
+    """The signal arrives while the artifact is being written (its temporary folder exists)."""
+    import signal
+    import time
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    argv = [
+        sys.executable,
+        "-m",
+        "qcli",
+        "convert",
+        str(demo.WEIGHTS),
+        *ARCH,
+        "--calib-dir",
+        str(demo.CALIB_DIR),
+        "--limit",
+        "32",
+    ]
+    argv += ["-o", str(out_dir / "int8.pt2"), "--form", "both", "--package-batch-sizes", "1,3,5"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not any(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "convert finished before the signal could be sent"
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if signame == "SIGINT" else 143), err
+    assert err.strip().splitlines()[-1] == "qcli: interrupted; no partial output was left"
+    assert list(out_dir.iterdir()) == []
