@@ -1,17 +1,26 @@
 # qcli: `make demo` runs the four commands on the bundled demo, `make test` runs the tests.
 # Both create .venv and install the pinned requirements first.
+#
+# For your own model (see `make help`):
+#   make quantize MODEL=model.safetensors ARCH=mypkg.models:Net CALIB=calib/ OUT=out/model-int8.pt2 [CONFIG=recipe.toml]
+#   make bench    MODEL=model.safetensors INT8=out/model-int8.pt2 [EVAL=eval/] [GATES="--max-drop 1 --min-speedup 1.5"]
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 QCLI   := $(BIN)/qcli
-OUT    := demo-out
-DEMO   := qcli/demo
-ARCH   := qcli.demo.model:DigitNet
+DEMO_OUT  := demo-out
+DEMO      := qcli/demo
+DEMO_ARCH := qcli.demo.model:DigitNet
+
+# user-facing targets: optional flags built from the variables given on the command line
+OPT_ARCH   = $(if $(ARCH),--arch $(ARCH))
+OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
+STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-slow test-all fuzz lint typecheck bench bench-memory bad-inputs-table train-demo clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 test test-slow test-all fuzz lint typecheck bench-memory bench-startup bad-inputs-table train-demo clean
 
 install: $(STAMP)
 
@@ -22,23 +31,29 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 demo: install
-	mkdir -p $(OUT)
-	$(QCLI) inspect $(DEMO)/weights/digits.safetensors --arch $(ARCH)
-	$(QCLI) calibrate $(DEMO)/weights/digits.safetensors $(DEMO)/data/calib --arch $(ARCH) \
-		--config configs/mnist.toml -o $(OUT)/digits-stats.safetensors --force
-	$(QCLI) convert $(DEMO)/weights/digits.safetensors --arch $(ARCH) \
-		--stats $(OUT)/digits-stats.safetensors -o $(OUT)/digits-int8.pt2 --form both --force
-	$(QCLI) inspect $(OUT)/digits-int8.pt2
-	$(QCLI) bench $(DEMO)/weights/digits.safetensors $(OUT)/digits-int8.pt2 --config configs/mnist.toml \
-		--eval-dir $(DEMO)/data/eval --max-drop 0.5 -o $(OUT)/bench.json
+	mkdir -p $(DEMO_OUT)
+	$(QCLI) inspect $(DEMO)/weights/digits.safetensors --arch $(DEMO_ARCH)
+	$(QCLI) calibrate $(DEMO)/weights/digits.safetensors $(DEMO)/data/calib --arch $(DEMO_ARCH) \
+		--config configs/mnist.toml -o $(DEMO_OUT)/digits-stats.safetensors --force
+	$(QCLI) convert $(DEMO)/weights/digits.safetensors --arch $(DEMO_ARCH) \
+		--stats $(DEMO_OUT)/digits-stats.safetensors -o $(DEMO_OUT)/digits-int8.pt2 --form both --force
+	$(QCLI) inspect $(DEMO_OUT)/digits-int8.pt2
+	$(QCLI) bench $(DEMO)/weights/digits.safetensors $(DEMO_OUT)/digits-int8.pt2 --config configs/mnist.toml \
+		--eval-dir $(DEMO)/data/eval --max-drop 0.5 -o $(DEMO_OUT)/bench.json --report $(DEMO_OUT)/report.html
 
-test: install
+# headless Chromium renders the HTML report in tests/test_report.py (Debian's package)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
+test: install chromium
 	$(BIN)/pytest -m "not slow" -q
 
 test-slow: install
 	$(BIN)/pytest -m slow -q
 
-test-all: install
+test-all: install chromium
 	$(BIN)/pytest -q
 
 # a longer property-based campaign than the one in `make test`
@@ -58,11 +73,34 @@ typecheck: install
 	$(BIN)/pip install -q mypy
 	$(BIN)/mypy qcli
 
+help:
+	@sed -n '1,7p' Makefile | sed 's/^# \{0,1\}//'
+
+# Calibrate on CALIB, then convert MODEL to the INT8 artifact OUT (statistics next to it).
+quantize: install
+	$(if $(and $(MODEL),$(CALIB),$(OUT)),,$(error make quantize needs MODEL=, CALIB= and OUT= (ARCH= for a state dict, CONFIG= for a recipe)))
+	mkdir -p $(dir $(OUT))
+	$(QCLI) calibrate $(MODEL) $(CALIB) -o $(STATS) $(OPT_ARCH) $(OPT_CONFIG) --force
+	$(QCLI) convert $(MODEL) --stats $(STATS) -o $(OUT) $(OPT_ARCH) $(OPT_CONFIG) --force $(CONVERT_FLAGS)
+
+# FP32 vs INT8 latency and accuracy; GATES="--max-drop 1 --min-speedup 1.5 --baseline main.json"
+# exit 3 when a gate fails. Writes INT8's name with .bench.json and .bench.html next to it.
 bench: install
+	$(if $(and $(MODEL),$(INT8)),,$(error make bench needs MODEL= and INT8= (EVAL= for accuracy, ARCH=, CONFIG=, GATES=)))
+	$(QCLI) bench $(MODEL) $(INT8) $(OPT_ARCH) $(OPT_CONFIG) $(if $(EVAL),--eval-dir $(EVAL)) \
+		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html $(GATES)
+
+# the project's own benchmarks (not part of `make test`)
+benchmarks: bench-resnet18 bench-memory bench-startup
+
+bench-resnet18: install
 	$(BIN)/python benchmarks/resnet18.py
 
 bench-memory: install
 	$(BIN)/python benchmarks/memory.py
+
+bench-startup: install
+	$(BIN)/python benchmarks/startup.py
 
 train-demo: install
 	$(BIN)/pip install -q mlxtend

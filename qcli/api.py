@@ -16,7 +16,7 @@ from qcli.calibrate import Stats, apply_stats, calibrate, check_stats, identity_
 from qcli.config import Recipe
 from qcli.data import SampleFolder, infer_input_spec
 from qcli.errors import DataError, GateFailed, QcliError
-from qcli.files import check_output, require_file, sha256_file
+from qcli.files import atomic_output, check_output, require_file, sha256_file
 from qcli.load import ArchSpec, load_model
 
 SCHEMA_VERSION = 1
@@ -41,10 +41,13 @@ class CalibrationOptions:
 
 
 def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, Any]:
-    """What the stats file and the artifact record as the configuration they were made with."""
+    """What the stats file and the artifact record as the configuration they were made with:
+    every setting that decided the result, in the shape of a recipe (see ``config.to_toml``)."""
+    calibration = {"limit": options.limit, "seed": options.seed, "batch_size": options.batch_size, "mode": options.mode}
     return {
-        "preprocess": recipe.preprocess.to_dict(),
         "recipe": str(recipe.path) if recipe.path else None,
+        "preprocess": recipe.preprocess.to_dict(),
+        "calibrate": calibration,
         "seed": options.seed,
     }
 
@@ -104,17 +107,26 @@ def convert_model_file(
     form: str = "package",
     package_batch_sizes: list[int] | None = None,
     force: bool = False,
+    save_config: Path | None = None,
     track: Any = identity_track,
 ) -> dict[str, Any]:
-    """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact."""
+    """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
+
+    ``save_config`` also writes the effective configuration as a TOML recipe (the artifact's
+    metadata carries the same configuration).
+    """
+    from qcli.config import to_toml
     from qcli.convert import convert_model, program_path
 
     recipe, options = recipe or Recipe(), options or CalibrationOptions()
+    package_batch_sizes = package_batch_sizes or [1, 16]
     if (stats is None) == (calib_dir is None):
         raise QcliError("pass exactly one of --stats STATS.safetensors or --calib-dir DIR")
     check_output(out, force)
     if form == "both":
         check_output(program_path(out), force)
+    if save_config is not None:
+        check_output(save_config, force)
     loaded = load_model(model, arch)
     if stats is not None:
         require_file(stats, "statistics file")
@@ -137,6 +149,15 @@ def convert_model_file(
         )
         prepared, calibration = result.prepared, result.manifest
         config = _effective_config(recipe, options)
+    config = {
+        **config,
+        "convert": {
+            **(config.get("calibrate") or {}),
+            "mode": prepared.mode,
+            "form": form,
+            "package_batch_sizes": package_batch_sizes,
+        },
+    }
     conversion = convert_model(
         loaded,
         prepared,
@@ -146,7 +167,7 @@ def convert_model_file(
         calibration=calibration,
         config=config,
     )
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "command": "convert",
         "model": {"path": str(model), "format": loaded.format, "size_bytes": loaded.size_bytes},
@@ -155,7 +176,15 @@ def convert_model_file(
         "quantized_layers": sum(1 for la in conversion.layers if la.quantized),
         "layers": [la.to_dict() for la in conversion.layers],
         "calibration_samples": calibration.get("samples"),
+        "config": config,
+        "saved_config": None,
     }
+    if save_config is not None:
+        header = f"Effective configuration of `qcli convert` for {loaded.path.name} (qcli {__version__}).\nUse it again with --config; flags on the command line win."
+        with atomic_output(save_config) as tmp:
+            tmp.write_text(to_toml(config, header), encoding="utf-8")
+        report["saved_config"] = str(save_config)
+    return report
 
 
 def bench_model(
@@ -173,21 +202,30 @@ def bench_model(
     eval_limit: int | None = None,
     max_drop: float | None = None,
     min_speedup: float | None = None,
+    baseline: Path | None = None,
+    latency_tolerance: float = 0.10,
+    accuracy_tolerance: float = 0.5,
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli bench``: FP32 eager, FP32 compiled and INT8 side by side; accuracy; gates.
+
+    With ``baseline`` (an earlier report), figures that regressed beyond the tolerances fail the
+    gates too (see ``qcli.baseline``).
 
     Without an artifact, the model is quantized first from ``calib_dir`` into a temporary file.
     Raises ``GateFailed`` (exit 3) after the report is complete; the report is its ``report``.
     """
     import torch
 
+    from qcli import baseline as baselines
     from qcli import bench
     from qcli.artifact import load_artifact, read_metadata
     from qcli.evaluate import evaluate
 
     recipe = recipe or Recipe()
     batch_sizes = batch_sizes or [1, 16]
+    baselines.check_tolerances(latency_tolerance, accuracy_tolerance)
+    previous = baselines.load_baseline(baseline) if baseline is not None else None
     if any(b <= 0 for b in batch_sizes):
         raise QcliError(f"--batch-sizes must be positive integers, not {batch_sizes}")
     if threads is not None:
@@ -263,7 +301,19 @@ def bench_model(
             "latency": [t.to_dict() for t in timings],
             "accuracy": accuracy.to_dict() if accuracy else None,
         }
+    report["baseline"] = None
     report["gates"] = gates(report, accuracy, timings, max_drop, min_speedup)
+    if previous is not None:
+        assert baseline is not None
+        rows = baselines.compare(report, previous, latency_tolerance, accuracy_tolerance)
+        report["baseline"] = {
+            "path": str(baseline),
+            "latency_tolerance": latency_tolerance,
+            "accuracy_tolerance": accuracy_tolerance,
+            "comparisons": rows,
+        }
+        report["gates"]["failures"] += baselines.failures(rows, latency_tolerance, accuracy_tolerance)
+        report["gates"]["passed"] = not report["gates"]["failures"]
     if not report["gates"]["passed"]:
         raise GateFailed("; ".join(report["gates"]["failures"]), report=report)
     return report

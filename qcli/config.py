@@ -125,6 +125,8 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "runs": int,
         "max_drop": (int, float),
         "min_speedup": (int, float),
+        "latency_tolerance": (int, float),
+        "accuracy_tolerance": (int, float),
     },
     "inspect": {},
 }
@@ -203,3 +205,29 @@ def load_recipe(path: Path | None) -> Recipe:
     except ConfigError as exc:
         raise ConfigError(str(exc), key=exc.key, path=path) from None
     return Recipe(preprocess, sections, path)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} to a TOML recipe")
+
+
+def to_toml(config: dict[str, Any], header: str = "") -> str:
+    """A recipe that ``load_recipe`` reads back: the ``preprocess`` and command sections of an
+    effective configuration; keys whose value is None (the default) are left out."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for section in ("preprocess", *COMMAND_SECTIONS):
+        values = {k: v for k, v in (config.get(section) or {}).items() if v is not None}
+        if not values:
+            continue
+        lines += ["", f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"

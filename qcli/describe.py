@@ -53,6 +53,7 @@ def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
         )
     return {
         "schema_version": SCHEMA_VERSION,
+        "command": "inspect",
         "kind": "model",
         "path": str(path),
         "format": loaded.format,
@@ -66,7 +67,7 @@ def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
         "layers": layers,
         "quantizable_layers": sum(1 for la in layers if la["quantized_static"]),
         "notes": notes,
-        "cpu": {"capability": hardware.capability(), "features": hardware.int8_features()},
+        "cpu": hardware.explain(),
     }
 
 
@@ -76,6 +77,7 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     calibration = meta.get("calibration") or {}
     return {
         "schema_version": SCHEMA_VERSION,
+        "command": "inspect",
         "kind": "artifact",
         "path": str(path),
         "format": meta["format"],
@@ -102,5 +104,5 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         else None,
         "layers": layers,
         "quantized_layers": sum(1 for la in layers if la.get("quantized")),
-        "cpu": {"capability": hardware.capability(), "features": hardware.int8_features()},
+        "cpu": hardware.explain(),
     }

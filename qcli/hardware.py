@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 # AOTInductor names the ISA it compiled for; these are the /proc/cpuinfo flags each one needs.
 ISA_FLAGS = {
@@ -50,3 +51,51 @@ def missing_for(isa: str) -> list[str]:
         return []  # cannot tell: let the package try
     needed = [flag for name in isa.split() for flag in ISA_FLAGS.get(name, ())]
     return [flag for flag in needed if flag not in flags]
+
+
+# Features that give INT8 dot products (several INT8 multiply-adds per FP32 one), per family.
+INT8_DOT_PRODUCT = {
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "amx_int8": "AMX INT8",
+    "asimddp": "ARM dot product",
+    "i8mm": "ARM i8mm",
+}
+
+
+def quantized_engine() -> str:
+    """The backend torch uses for quantized kernels here (x86, fbgemm, onednn, qnnpack)."""
+    import torch
+
+    return str(torch.backends.quantized.engine)
+
+
+def explain() -> dict[str, Any]:
+    """What this CPU offers INT8, in words a user can act on; ``warning`` is None when INT8 should win."""
+    flags = cpu_flags()
+    dot = [name for flag, name in INT8_DOT_PRODUCT.items() if flag in flags]
+    present = {
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+        "amx": "amx_int8" in flags and "amx_tile" in flags,
+    }
+    if not flags:
+        warning = (
+            "cannot read the CPU's features (/proc/cpuinfo); INT8 speed is unknown here, measure it with `qcli bench`"
+        )
+    elif not dot:
+        warning = (
+            "this CPU has no INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX or ARM dot product): "
+            "INT8 is unlikely to be faster than FP32 here, except for memory-bound models; measure with `qcli bench`"
+        )
+    else:
+        warning = None
+    return {
+        "capability": capability(),
+        "features": int8_features(),
+        **present,
+        "int8_dot_product": dot,
+        "quantized_engine": quantized_engine(),
+        "warning": warning,
+    }

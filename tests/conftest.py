@@ -75,3 +75,32 @@ def residual_model_file(tmp_path_factory) -> tuple[Path, Path]:
     calib.mkdir()
     torch.save(torch.randn(64, 64, generator=torch.Generator().manual_seed(1)), calib / "batch.pt")
     return root / "model.pt", calib
+
+
+def run_qcli(*args, cwd=None, env=None):
+    """The real entry point in a subprocess (tests/ on PYTHONPATH for --arch models:...)."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "qcli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory, demo_artifacts):
+    """One `qcli bench` of the demo package with a failing speed gate, a JSON file and an HTML report."""
+    root = tmp_path_factory.mktemp("bench")
+    files = {"json": root / "bench.json", "html": root / "report.html"}
+    proc = run_qcli(
+        "bench", demo.WEIGHTS, demo_artifacts["package"], "--eval-dir", demo.EVAL_DIR, "--config", MNIST_RECIPE,
+        "--batch-sizes", "1,16", "--runs", "3", "--warmup", "1", "--eval-limit", "200",
+        "--min-speedup", "1000", "--max-drop", "0.5", "--format", "json", "-o", files["json"], "--report", files["html"],
+    )  # fmt: skip
+    return proc, files

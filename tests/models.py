@@ -28,3 +28,25 @@ def residual_mlp() -> ResidualMLP:
 def broken_arch() -> nn.Module:
     """An ``--arch`` whose constructor fails, as a user's code with a bug would."""
     raise ValueError("width must be positive")
+
+
+class TinyEncoder(nn.Module):
+    """A small transformer encoder over token ids with a padding mask, mean-pooled into an embedding:
+    the shape of a sentence-embedding model, for testing the multi-input and dynamic paths."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, heads: int = 4, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.embed(input_ids), src_key_padding_mask=attention_mask == 0)
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.norm((h * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+def tiny_encoder() -> TinyEncoder:
+    torch.manual_seed(0)
+    return TinyEncoder().eval()

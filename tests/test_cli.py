@@ -108,43 +108,20 @@ def test_calibrate_convert_inspect_end_to_end(tmp_path):
     assert proc.returncode == 2  # missing model path: a usage error
 
 
-def test_bench_gate_fails_with_exit_3_and_still_reports(tmp_path, demo_artifacts):
-    report_file = tmp_path / "bench.json"
-    proc = qcli(
-        "bench",
-        demo.WEIGHTS,
-        demo_artifacts["package"],
-        "--eval-dir",
-        demo.EVAL_DIR,
-        "--config",
-        ROOT / "configs/mnist.toml",
-        "--batch-sizes",
-        "1",
-        "--runs",
-        "3",
-        "--warmup",
-        "1",
-        "--eval-limit",
-        "200",
-        "--min-speedup",
-        "1000",
-        "--max-drop",
-        "0.5",
-        "--format",
-        "json",
-        "-o",
-        report_file,
-    )
+def test_bench_gate_fails_with_exit_3_and_still_reports(bench_run):
+    proc, files = bench_run
     assert proc.returncode == 3, proc.stderr
     report = json.loads(proc.stdout)
-    assert report == json.loads(report_file.read_text())
+    assert report == json.loads(files["json"].read_text())
+    assert files["html"].read_text().startswith("<!doctype html>")
     assert report["gates"]["passed"] is False
-    assert len(report["gates"]["failures"]) == 1 and "--min-speedup" in report["gates"]["failures"][0]
+    assert len(report["gates"]["failures"]) == 2 and all("--min-speedup" in f for f in report["gates"]["failures"])
     assert report["accuracy"]["samples"] == 200 and report["accuracy"]["drop"] <= 0.5
-    lat = report["latency"][0]
-    assert lat["batch_size"] == 1 and set(lat["variants"]) == {"fp32_eager", "fp32_compiled", "int8"}
+    assert [lat["batch_size"] for lat in report["latency"]] == [1, 16]
+    assert set(report["latency"][0]["variants"]) == {"fp32_eager", "fp32_compiled", "int8"}
     assert report["environment"]["threads"] >= 1 and report["environment"]["torch_version"]
-    assert "--min-speedup" in one_line_error(proc)
+    assert "--min-speedup" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.strip().splitlines()[-1].startswith("qcli: error: ")
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])

@@ -52,8 +52,37 @@ def bench_command(
     min_speedup: Annotated[
         float | None, typer.Option("--min-speedup", help="Fail (exit 3) if INT8 is under Y times FP32 compiled.")
     ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            dir_okay=False,
+            help="Earlier report (from -o) to compare with; regressions beyond the tolerances exit 3, e.g. --baseline main.json.",
+        ),
+    ] = None,
+    latency_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--latency-tolerance",
+            help="With --baseline: allowed INT8 latency rise / speed-up fall, a fraction (default 0.10).",
+        ),
+    ] = None,
+    accuracy_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--accuracy-tolerance", help="With --baseline: allowed INT8 accuracy fall in points (default 0.5)."
+        ),
+    ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Also write the JSON report to this file.")
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON report to this file, e.g. -o bench.json.")
+    ] = None,
+    report_html: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            dir_okay=False,
+            help="Also write a self-contained HTML page with plots, e.g. --report report.html.",
+        ),
     ] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
@@ -70,7 +99,7 @@ def bench_command(
     from qcli.api import bench_model
 
     rec = recipe(config)
-    sizes_opt = rec.option("bench", "batch_sizes", batch_sizes, "1,16")
+    sizes_opt = rec.option("bench", "batch_sizes", batch_sizes, None) or "1,16"  # a string or a TOML list
     sizes = parse_batch_sizes(sizes_opt)
     gate_error: GateFailed | None = None
     try:
@@ -88,20 +117,22 @@ def bench_command(
             eval_limit=eval_limit,
             max_drop=rec.option("bench", "max_drop", max_drop, None),
             min_speedup=rec.option("bench", "min_speedup", min_speedup, None),
+            baseline=baseline,
+            latency_tolerance=rec.option("bench", "latency_tolerance", latency_tolerance, 0.10),
+            accuracy_tolerance=rec.option("bench", "accuracy_tolerance", accuracy_tolerance, 0.5),
             track=render.tracker(quiet, "evaluating"),
         )
     except GateFailed as exc:
         if exc.report is None:
             raise
         gate_error, report = exc, exc.report
-    if output is not None:
-        from qcli.files import atomic_output
+    report["report_html"] = str(report_html) if report_html is not None else None
+    if report_html is not None:
+        from qcli.report import html_report
 
-        try:
-            with atomic_output(output) as tmp:
-                tmp.write_text(render.to_json(report) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise QcliError(f"cannot write the report to '{output}': {exc.strerror}") from None
+        write_text(report_html, html_report(report))
+    if output is not None:
+        write_text(output, render.to_json(report) + "\n")
     if format is OutputFormat.json:
         print(render.to_json(report))
     else:
@@ -109,3 +140,14 @@ def bench_command(
         render.emit(tables, lines, format.value)
     if gate_error is not None:
         raise gate_error
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a report atomically (it is written even when a gate fails)."""
+    from qcli.files import atomic_output
+
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise QcliError(f"cannot write the report to '{path}': {exc.strerror}") from None

@@ -55,6 +55,14 @@ def convert_command(
     seed: SeedOpt = None,
     batch_size: BatchSizeOpt = None,
     force: ForceOpt = False,
+    save_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-config",
+            dir_okay=False,
+            help="Also write the effective configuration as a TOML recipe, e.g. --save-config used.toml (reuse with --config).",
+        ),
+    ] = None,
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
     quiet: QuietOpt = False,
 ) -> None:
@@ -76,8 +84,9 @@ def convert_command(
         options=options,
         form=rec.option("convert", "form", form.value if form else None, "package"),
         force=force,
+        save_config=save_config,
         package_batch_sizes=parse_batch_sizes(
-            rec.option("convert", "package_batch_sizes", package_batch_sizes, "1,16")
+            rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
         ),
         track=render.tracker(quiet, "calibrating"),
     )
@@ -94,3 +103,5 @@ def convert_command(
         markup=False,
         highlight=False,
     )
+    if report["saved_config"]:
+        render.stdout.print(f"wrote {report['saved_config']} (effective configuration)", markup=False, highlight=False)

@@ -32,11 +32,19 @@ def to_json(report: dict[str, Any]) -> str:
 
 
 def tracker(quiet: bool, description: str) -> Any:
-    """A ``track(iterable, total)`` callable: a transient progress bar on a terminal's stderr."""
+    """A ``track(iterable, total)`` callable for progress on stderr (stdout stays for results).
+
+    On a terminal: a transient Rich progress bar. Otherwise (CI logs, pipes): plain lines that a
+    script can parse, one per tenth of the work, ``qcli: calibrating: 64/256 samples (25%)``.
+    ``quiet`` shows neither.
+    """
 
     def track(items: Iterable[T], total: int | None) -> Iterator[T]:
-        if quiet or not sys.stderr.isatty():
+        if quiet:
             yield from items
+            return
+        if not sys.stderr.isatty():
+            yield from plain_progress(items, total, description)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -51,10 +59,35 @@ def tracker(quiet: bool, description: str) -> Any:
             task = progress.add_task(description, total=total)
             for item in items:
                 yield item
-                files = getattr(item, "files", None)
-                progress.advance(task, len(files) if files is not None else 1)
+                progress.advance(task, _count(item))
 
     return track
+
+
+def _count(item: Any) -> int:
+    files = getattr(item, "files", None)
+    return len(files) if files is not None else 1
+
+
+def plain_progress(items: Iterable[T], total: int | None, description: str, step: int = 10) -> Iterator[T]:
+    """Yield ``items``; print a line each time another ``step`` percent is done (every 10 items
+    when the total is unknown), and a last line with the count."""
+    done, shown, next_mark = 0, -1, step
+    for calls, item in enumerate(items, start=1):
+        yield item
+        done += _count(item)
+        if total:
+            percent = min(100, done * 100 // total)
+            if percent >= next_mark and percent < 100:
+                print(f"qcli: {description}: {done}/{total} samples ({percent}%)", file=sys.stderr, flush=True)
+                shown = done
+                next_mark = (percent // step + 1) * step
+        elif calls % 10 == 0:
+            print(f"qcli: {description}: {done} samples", file=sys.stderr, flush=True)
+            shown = done
+    if done and done != shown:
+        suffix = f"/{total} samples (100%)" if total and done >= total else " samples, done"
+        print(f"qcli: {description}: {done}{suffix}", file=sys.stderr, flush=True)
 
 
 def fmt_bytes(n: int | None) -> str:
@@ -142,7 +175,14 @@ def bench_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], lis
     if acc:
         arows = []
         if acc["labeled"]:
-            arows.append(["top-1 %", fmt(acc["fp32_top1"]), fmt(acc["int8_top1"]), fmt(-acc["drop"], 2)])
+            arows.append(
+                [
+                    "top-1 %",
+                    fmt(acc["fp32_top1"]),
+                    fmt(acc["int8_top1"]),
+                    fmt(_diff(acc["int8_top1"], acc["fp32_top1"]), 2),
+                ]
+            )
             arows.append(
                 [
                     "top-5 %",
@@ -161,7 +201,22 @@ def bench_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], lis
         [f"INT8 artifact ({report['artifact']['form']})", fmt_bytes(report["artifact"]["size_bytes"])],
     ]
     tables.append(("Sizes", ["file", "size"], sizes))
+    base = report.get("baseline")
+    if base:
+        brows = [
+            [
+                r["figure"],
+                fmt(float(r["baseline"]), 3),
+                fmt(float(r["current"]), 3),
+                f"{r['change'] * 100:+.1f}%" if r.get("unit") == "%" else f"{r['change']:+.2f} points",
+                "REGRESSED" if r["regressed"] else "ok",
+            ]
+            for r in base["comparisons"]
+        ]
+        tables.append((f"Against baseline {base['path']}", ["figure", "baseline", "now", "change", "verdict"], brows))
     lines = []
+    if report.get("report_html"):
+        lines.append(f"HTML report: {report['report_html']}")
     gates = report.get("gates") or {}
     if gates.get("failures"):
         lines += [f"GATE FAILED: {f}" for f in gates["failures"]]
@@ -215,8 +270,9 @@ def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], l
                     ["layer", "type", "weights", "w scale min", "w scale max", "in scale", "in zp"],
                     layers,
                 ),
+                hardware_table(report["cpu"]),
             ],
-            [],
+            hardware_lines(report["cpu"]),
         )
     summary = [
         ["format", report["format"]],
@@ -231,10 +287,6 @@ def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], l
             ),
         ],
         ["quantizable layers", str(report["quantizable_layers"])],
-        [
-            "CPU",
-            f"{report['cpu']['capability']} ({', '.join(report['cpu']['features']) or 'no INT8 dot-product features'})",
-        ],
     ]
     layers = [
         [
@@ -250,6 +302,29 @@ def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], l
         [
             ("Model", ["field", "value"], summary),
             ("Layers", ["layer", "type", "weight shape", "params", "static mode"], layers),
+            hardware_table(report["cpu"]),
         ],
-        [f"note: {n}" for n in report["notes"]],
+        [f"note: {n}" for n in report["notes"]] + hardware_lines(report["cpu"]),
     )
+
+
+def hardware_table(cpu: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """This machine's INT8 capabilities as a table."""
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    rows = [
+        ["vector ISA torch uses", cpu["capability"]],
+        ["AVX2", yes(cpu["avx2"])],
+        ["AVX-512", yes(cpu["avx512"])],
+        ["VNNI (INT8 dot product)", yes(cpu["vnni"])],
+        ["AMX (INT8 tiles)", yes(cpu["amx"])],
+        ["INT8 dot-product units", ", ".join(cpu["int8_dot_product"]) or "none"],
+        ["quantized engine", cpu["quantized_engine"]],
+    ]
+    return ("This CPU", ["capability", "value"], rows)
+
+
+def hardware_lines(cpu: dict[str, Any]) -> list[str]:
+    return [f"warning: {cpu['warning']}"] if cpu.get("warning") else []

@@ -1,0 +1,201 @@
+"""``bench --report report.html``: one self-contained page (inline CSS and SVG, no script, no
+network) with the bench report's figures as plots: latency per batch size, accuracy and fidelity,
+file sizes, gates and baseline comparisons, and the environment."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Any
+
+COLORS = {"fp32_eager": "#9aa5b1", "fp32_compiled": "#3e6fb0", "int8": "#e07b24", "fp32": "#3e6fb0"}
+LABELS = {"fp32_eager": "FP32 eager", "fp32_compiled": "FP32 compiled", "int8": "INT8"}
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 960px;
+       color: #1f2933; background: #fff; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #e4e7eb; }
+.sub { color: #616e7c; margin-top: 0; }
+table { border-collapse: collapse; margin: .5rem 0; } td, th { padding: .25rem .8rem; border-bottom: 1px solid #e4e7eb; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.verdict { display: inline-block; padding: .3rem .8rem; border-radius: 4px; font-weight: 600; }
+.pass { background: #e3f9e5; color: #207227; } .fail { background: #ffe3e3; color: #a61b1b; }
+.charts { display: flex; flex-wrap: wrap; gap: 1.5rem; } svg text { font: 12px system-ui, sans-serif; fill: #1f2933; }
+.legend span { display: inline-block; margin-right: 1rem; } .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .3rem; vertical-align: -1px; }
+.note { color: #616e7c; }
+"""
+
+
+def html_report(report: dict[str, Any]) -> str:
+    """The whole page as a string."""
+    env = report["environment"]
+    gates = report.get("gates") or {}
+    passed = gates.get("passed", True)
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>qcli bench: {escape(_name(report['model']['path']))}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>qcli bench: {escape(_name(report['model']['path']))}</h1>",
+        f'<p class="sub">INT8 artifact {escape(_name(report["artifact"]["path"]))} ({escape(str(report["artifact"]["form"]))}, '
+        f"{escape(str(report['artifact'].get('mode')))}) against the FP32 model, measured in one process, interleaved, "
+        f"{env['threads']} threads.</p>",
+        f'<p><span class="verdict {"pass" if passed else "fail"}">{"gates passed" if passed else "gates failed"}</span></p>',
+    ]
+    if gates.get("failures"):
+        parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in gates["failures"]) + "</ul>")
+    parts += _latency(report)
+    parts += _accuracy(report.get("accuracy"))
+    parts += _per_layer(report.get("per_layer"))
+    parts += _sizes(report)
+    parts += _baseline(report.get("baseline"))
+    parts += _environment(env)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def bar_chart(title: str, bars: list[tuple[str, float, str]], unit: str, width: int = 420) -> str:
+    """Horizontal bars (label, value, color) with their values written at the end, as inline SVG."""
+    label_w, row_h, top = 110, 26, 28
+    height = top + row_h * len(bars) + 8
+    finite = [v for _, v, _ in bars if math.isfinite(v) and v > 0]
+    scale = (width - label_w - 70) / max(finite) if finite else 0
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f'<text x="0" y="16" font-weight="600">{escape(title)}</text>',
+    ]
+    for i, (label, value, color) in enumerate(bars):
+        y = top + i * row_h
+        w = max(1.0, value * scale) if math.isfinite(value) and value > 0 else 0
+        out.append(f'<text x="0" y="{y + 15}">{escape(label)}</text>')
+        out.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="{color}">'
+            f"<title>{escape(label)}: {value:.4g} {escape(unit)}</title></rect>"
+        )
+        out.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{value:.3g} {escape(unit)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _legend(keys: list[str]) -> str:
+    items = "".join(
+        f'<span><i class="swatch" style="background:{COLORS[k]}"></i>{escape(LABELS.get(k, k))}</span>' for k in keys
+    )
+    return f'<p class="legend">{items}</p>'
+
+
+def _latency(report: dict[str, Any]) -> list[str]:
+    charts, rows = [], []
+    for entry in report["latency"]:
+        b = entry["batch_size"]
+        variants = entry["variants"]
+        bars = [(LABELS[k], variants[k]["p50_ms"], COLORS[k]) for k in LABELS if k in variants]
+        charts.append(bar_chart(f"batch {b}: median latency", bars, "ms"))
+        for k in LABELS:
+            if k in variants:
+                v = variants[k]
+                ratio = entry.get("speedup_vs_fp32_compiled") if k == "int8" else None
+                rows.append(
+                    [
+                        str(b),
+                        LABELS[k],
+                        _fmt(v["p50_ms"], 3),
+                        _fmt(v["p90_ms"], 3),
+                        _fmt(v["throughput"], 1),
+                        f"{ratio:.2f}x" if ratio else "-",
+                    ]
+                )
+    return [
+        "<h2>Latency</h2>",
+        _legend(list(LABELS)),
+        f'<div class="charts">{"".join(charts)}</div>',
+        _table(["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"], rows),
+    ]
+
+
+def _accuracy(acc: dict[str, Any] | None) -> list[str]:
+    if not acc:
+        return ["<h2>Accuracy</h2>", '<p class="note">Not measured: pass --eval-dir to compare outputs.</p>']
+    charts = []
+    if acc.get("labeled"):
+        for key, label in (("top1", "top-1 %"), ("top5", "top-5 %")):
+            fp, q = acc.get(f"fp32_{key}"), acc.get(f"int8_{key}")
+            if fp is not None and q is not None:
+                charts.append(bar_chart(label, [("FP32", fp, COLORS["fp32"]), ("INT8", q, COLORS["int8"])], "%"))
+    charts.append(bar_chart("top-1 agreement with FP32", [("INT8", acc["top1_agreement"], COLORS["int8"])], "%"))
+    rows = [
+        ["samples", _fmt(acc["samples"])],
+        ["FP32 top-1 %", _fmt(acc.get("fp32_top1"))],
+        ["INT8 top-1 %", _fmt(acc.get("int8_top1"))],
+        ["drop (points)", _fmt(acc.get("drop"))],
+        ["top-1 agreement %", _fmt(acc.get("top1_agreement"))],
+        ["SQNR dB", _fmt(acc.get("sqnr_db"), 1)],
+        ["cosine", _fmt(acc.get("cosine"), 4)],
+    ]
+    title = "Accuracy" if acc.get("labeled") else "Fidelity to FP32 (unlabeled samples)"
+    return [f"<h2>{title}</h2>", f'<div class="charts">{"".join(charts)}</div>', _table(["figure", "value"], rows)]
+
+
+def _per_layer(layers: list[dict[str, Any]] | None) -> list[str]:
+    """Per-layer SQNR, worst first, when the report carries it."""
+    if not layers:
+        return []
+    bars = [
+        (la["name"][-16:], max(0.0, la["sqnr_db"]), COLORS["int8"]) for la in layers if la.get("sqnr_db") is not None
+    ]
+    return ["<h2>Per-layer error</h2>", bar_chart("output SQNR per layer (higher is better)", bars, "dB", width=640)]
+
+
+def _sizes(report: dict[str, Any]) -> list[str]:
+    items = [
+        ("FP32 file", report["model"]["size_bytes"], COLORS["fp32_eager"]),
+        ("FP32 compiled", report.get("fp32_compiled_size_bytes"), COLORS["fp32_compiled"]),
+        ("INT8 artifact", report["artifact"]["size_bytes"], COLORS["int8"]),
+    ]
+    bars = [(label, size / 2**20, color) for label, size, color in items if size]
+    return ["<h2>File sizes</h2>", bar_chart("size on disk", bars, "MiB")]
+
+
+def _baseline(baseline: dict[str, Any] | None) -> list[str]:
+    if not baseline:
+        return []
+    rows = [
+        [
+            escape(r["figure"]),
+            f"{r['baseline']:.4g}",
+            f"{r['current']:.4g}",
+            f"{r['change'] * 100:+.1f}%" if r.get("unit") == "%" else f"{r['change']:+.2f} points",
+            '<b style="color:#a61b1b">regressed</b>' if r["regressed"] else "ok",
+        ]
+        for r in baseline["comparisons"]
+    ]
+    return [
+        "<h2>Against the baseline</h2>",
+        f'<p class="sub">{escape(_name(baseline["path"]))}; tolerances: latency {baseline["latency_tolerance"]:g}, '
+        f"accuracy {baseline['accuracy_tolerance']:g} points.</p>",
+        _table(["figure", "baseline", "now", "change", "verdict"], rows),
+    ]
+
+
+def _environment(env: dict[str, Any]) -> list[str]:
+    rows = [[escape(str(k)), escape(", ".join(v) if isinstance(v, list) else str(v))] for k, v in env.items()]
+    return ["<h2>Environment</h2>", _table(["", "value"], rows)]
