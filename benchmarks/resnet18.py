@@ -1,6 +1,6 @@
 """INT8 vs FP32 on a ResNet-18-class model (qcli.demo.model:ResNet18), batch 1 and 16.
 
-Run with `make bench`. Speed does not depend on the weights' values, so the network keeps its
+Run with `make bench-resnet18`. Speed does not depend on the weights' values, so the network keeps its
 seeded initialisation, and calibration uses 32 seeded random 3x224x224 tensors; the report's
 fidelity figures (SQNR, cosine) are against FP32 on those same tensors. Everything is written to
 a temporary folder except the JSON report (benchmarks/results/resnet18.json).
