@@ -108,6 +108,8 @@ def convert_model_file(
     package_batch_sizes: list[int] | None = None,
     force: bool = False,
     save_config: Path | None = None,
+    method: str = "histogram",
+    percentile: float = 99.99,
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
@@ -116,7 +118,12 @@ def convert_model_file(
     metadata carries the same configuration).
     """
     from qcli.config import to_toml
-    from qcli.convert import convert_model, program_path
+    from qcli.convert import METHODS, convert_model, program_path
+
+    if method not in METHODS:
+        raise QcliError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
+    if not 50 < percentile <= 100:
+        raise QcliError(f"--percentile must be in (50, 100], not {percentile:g}")
 
     recipe, options = recipe or Recipe(), options or CalibrationOptions()
     package_batch_sizes = package_batch_sizes or [1, 16]
@@ -166,6 +173,8 @@ def convert_model_file(
         package_batch_sizes=package_batch_sizes,
         calibration=calibration,
         config=config,
+        method=method,
+        percentile=percentile,
     )
     report = {
         "schema_version": SCHEMA_VERSION,

@@ -202,7 +202,10 @@ def load_artifact(path: Path) -> Artifact:
     with engine.quiet():
         program = torch.export.load(str(path))
     inductor_config.freezing = True
-    compiled = torch.compile(program.module())
+    # static shapes: recompiling this frozen INT8 graph with a dynamic batch (the default on the
+    # second batch size) generates code that asserts wrong strides in torch 2.13; each new batch
+    # size compiles once (a few seconds) instead
+    compiled = torch.compile(program.module(), dynamic=False)
 
     def run(*inputs: Any) -> Any:
         with torch.no_grad(), engine.quiet():

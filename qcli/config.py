@@ -117,6 +117,8 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "mode": str,
         "form": str,
         "package_batch_sizes": (str, list),
+        "method": str,
+        "percentile": (int, float),
     },
     "bench": {
         "batch_sizes": (str, list),

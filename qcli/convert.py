@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qcli import engine
+from qcli import engine, ranges
 from qcli.calibrate import Prepared
 from qcli.errors import UnsupportedModel
 
@@ -34,7 +34,37 @@ class LayerQuant:
         return dict(self.__dict__)
 
 
-def quantize(prepared: Prepared) -> Any:
+DEFAULT_METHOD = "histogram"  # torch's HistogramObserver: its own least-L2 search over the histogram
+METHODS = (DEFAULT_METHOD, *ranges.METHODS)
+
+
+def apply_method(prepared: Prepared, method: str, percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+    """Fix every activation observer's range by ``method`` (see ``qcli.ranges``) from the
+    histogram it collected; returns observer name → chosen range. ``histogram`` keeps torch's."""
+    import functools
+
+    import torch
+
+    chosen: dict[str, tuple[float, float]] = {}
+    if method == DEFAULT_METHOD or prepared.mode != "static":
+        return chosen
+    for name, obs in engine.observers(prepared.graph).items():
+        histogram = getattr(obs, "histogram", None)
+        if histogram is None or not hasattr(obs, "_calculate_qparams"):
+            continue
+        lo, hi = float(obs.min_val), float(obs.max_val)
+        if not (lo <= hi) or histogram.sum() == 0:  # never observed (min=+inf): leave it to torch
+            continue
+        a, b = ranges.choose_range(
+            method, histogram.double().numpy(), lo, hi, percentile, int(obs.quant_min), int(obs.quant_max)
+        )
+        chosen[name] = (a, b)
+        obs.calculate_qparams = functools.partial(obs._calculate_qparams, torch.tensor(a), torch.tensor(b))
+    return chosen
+
+
+def quantize(prepared: Prepared, method: str = DEFAULT_METHOD, percentile: float = 99.99) -> Any:
+    apply_method(prepared, method, percentile)
     return engine.convert_pt2e(prepared.graph)
 
 
@@ -143,13 +173,15 @@ def convert_model(
     package_batch_sizes: list[int] | None = None,
     calibration: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    method: str = DEFAULT_METHOD,
+    percentile: float = 99.99,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
     import torch
 
     from qcli.artifact import base_metadata, write_package, write_program
 
-    converted = quantize(prepared)
+    converted = quantize(prepared, method, percentile)
     layers = layer_table(converted)
     with torch.no_grad(), engine.quiet():
         outs = converted(*prepared.example)
@@ -159,7 +191,8 @@ def convert_model(
     metadata = {
         **base_metadata(),
         "mode": prepared.mode,
-        "method": "histogram" if prepared.mode == "static" else "dynamic",
+        "method": method if prepared.mode == "static" else "dynamic",
+        "percentile": percentile if method == "percentile" and prepared.mode == "static" else None,
         "source": {
             "file": loaded.path.name,
             "sha256": loaded.sha256,

@@ -118,8 +118,9 @@ else:
     import torch.ao.quantization.fx._decomposed
     import torch._inductor.config
     torch._inductor.config.freezing = True
-    model = torch.compile(torch.export.load(sys.argv[1]).module())
+    model = torch.compile(torch.export.load(sys.argv[1]).module(), dynamic=False)
     with torch.no_grad():
+        model(x[:5])  # a second batch size must work too (it recompiles)
         y = model(x)
 y = y[0] if isinstance(y, (list, tuple)) else y
 torch.save(y, sys.argv[4])
@@ -144,6 +145,12 @@ def test_artifact_runs_in_a_fresh_process_with_plain_torch(form, demo_artifacts,
     with torch.no_grad():
         expected = load_artifact(demo_artifacts["package"]).run(x)
     assert metrics.top1_agreement_hits(expected, y) == 16
+    if form == "program":  # qcli's own loader, at several batch sizes (a dynamic recompile once broke)
+        program = load_artifact(demo_artifacts["program"])
+        with torch.no_grad():
+            for rows in (16, 64, 7):
+                out = program.run(eval_batch[0][:rows].clone())
+                assert metrics.top1_agreement_hits(expected[: min(rows, 16)], out[:16]) == min(rows, 16)
 
 
 def test_residual_on_input_never_writes_into_the_callers_tensor(tmp_path, residual_model_file):

@@ -17,6 +17,7 @@ from qcli.cli.options import (
     ForceOpt,
     Form,
     LimitOpt,
+    Method,
     ModelArg,
     ModeOpt,
     OutputFormat,
@@ -35,6 +36,18 @@ def convert_command(
         Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Calibrate on this folder first.")
     ] = None,
     mode: ModeOpt = None,
+    method: Annotated[
+        Method | None,
+        typer.Option(
+            "--method",
+            help="Activation ranges from the calibration histograms: histogram (torch's least-L2 search, default), "
+            "minmax, percentile, entropy (KL, as TensorRT) or mse, e.g. --method entropy.",
+        ),
+    ] = None,
+    percentile: Annotated[
+        float | None,
+        typer.Option("--percentile", help="With --method percentile: keep this percent, e.g. 99.99 (default)."),
+    ] = None,
     form: Annotated[
         Form | None,
         typer.Option(
@@ -85,6 +98,8 @@ def convert_command(
         form=rec.option("convert", "form", form.value if form else None, "package"),
         force=force,
         save_config=save_config,
+        method=rec.option("convert", "method", method.value if method else None, "histogram"),
+        percentile=rec.option("convert", "percentile", percentile, 99.99),
         package_batch_sizes=parse_batch_sizes(
             rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
         ),

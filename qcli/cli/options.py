@@ -20,6 +20,14 @@ class Mode(str, Enum):
     dynamic = "dynamic"
 
 
+class Method(str, Enum):
+    histogram = "histogram"
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+    mse = "mse"
+
+
 class Form(str, Enum):
     package = "package"
     program = "program"

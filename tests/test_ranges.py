@@ -1,0 +1,114 @@
+"""Range methods (qcli/ranges.py): hand-computed cases, numpy, and torch's observers where they overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qcli import ranges
+
+
+def hist(x: np.ndarray, bins: int = 2048) -> tuple[np.ndarray, float, float]:
+    lo, hi = float(x.min()), float(x.max())
+    counts, _ = np.histogram(x, bins=bins, range=(lo, hi))
+    return counts, lo, hi
+
+
+def test_qparams_match_torch_minmax_observer():
+    rng = np.random.default_rng(0)
+    for lo_shift in (0.0, -1.5, 2.0):
+        x = rng.standard_normal(1000).astype(np.float32) + lo_shift
+        obs = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+        obs(torch.from_numpy(x))
+        scale, zp = obs.calculate_qparams()
+        counts, lo, hi = hist(x)
+        ours = ranges.qparams(*ranges.minmax_range(counts, lo, hi))
+        assert ours[0] == pytest.approx(float(scale), rel=1e-6)
+        assert ours[1] == int(zp)
+
+
+def test_qparams_hand_computed():
+    assert ranges.qparams(0.0, 2.55) == (pytest.approx(0.01), 0)
+    assert ranges.qparams(-1.0, 1.55) == (pytest.approx(0.01), 100)
+    assert ranges.qparams(1.0, 2.55) == (pytest.approx(0.01), 0)  # zero is always representable
+    x = np.array([0.0, 0.004, 0.006, 2.55, 3.0])
+    np.testing.assert_allclose(ranges.fake_quantize(x, 0.01, 0), [0.0, 0.0, 0.01, 2.55, 2.55])
+
+
+def test_percentile_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(200_000)
+    counts, lo, hi = hist(x, bins=8192)
+    width = (hi - lo) / 8192
+    a, b = ranges.percentile_range(counts, lo, hi, 99.0)
+    assert a == pytest.approx(np.percentile(x, 0.5), abs=width)
+    assert b == pytest.approx(np.percentile(x, 99.5), abs=width)
+    relu = np.abs(x)
+    counts, lo, hi = hist(relu, bins=8192)
+    a, b = ranges.percentile_range(counts, lo, hi, 99.9)
+    assert a == lo and b == pytest.approx(np.percentile(relu, 99.9), abs=(hi - lo) / 8192)
+
+
+def test_percentile_of_a_hand_made_histogram():
+    counts = np.array([50, 30, 19, 0, 1])  # 100 values over [0, 5]
+    assert ranges.percentile_range(counts, 0.0, 5.0, 99.0) == (0.0, pytest.approx(3.0))  # 99 values lie below 3.0
+    assert ranges.percentile_range(counts, 0.0, 5.0, 100.0) == (0.0, pytest.approx(5.0))
+
+
+def test_quantization_error_hand_computed():
+    # one bin of values spread over [0, 1], quantized with scale 1/255: error ~ uniform rounding noise
+    err = ranges.quantization_error(np.array([10]), 0.0, 1.0, 0.0, 1.0)
+    assert err == pytest.approx((1 / 255) ** 2 / 12, rel=0.5)
+    # clipping [0, 2] at 1: values in the second bin lose their distance to 1 (mean 0.5, spread)
+    err = ranges.quantization_error(np.array([0, 10]), 0.0, 2.0, 0.0, 1.0)
+    assert err == pytest.approx(np.mean((np.linspace(1, 2, 9)[:-1] + 1 / 16 - 1) ** 2), rel=0.05)
+
+
+def test_mse_is_at_least_as_good_as_torch_histogram_observer():
+    """torch's HistogramObserver also searches for the least L2 error; ours must not be worse."""
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(50_000), rng.standard_normal(20) * 30]).astype(np.float32)
+    obs = torch.ao.quantization.HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    obs(torch.from_numpy(x))
+    counts = obs.histogram.numpy()
+    lo, hi = float(obs.min_val), float(obs.max_val)
+    scale, zp = (float(v) for v in obs.calculate_qparams())
+    torch_range = (scale * (0 - zp), scale * (255 - zp))
+    ours = ranges.mse_range(counts, lo, hi)
+    assert (
+        ranges.quantization_error(counts, lo, hi, *ours)
+        <= ranges.quantization_error(counts, lo, hi, *torch_range) * 1.01
+    )
+    assert ranges.quantization_error(counts, lo, hi, *ours) < ranges.quantization_error(counts, lo, hi, lo, hi)
+
+
+def test_uniform_data_keeps_its_range():
+    x = np.linspace(0, 6, 100_000)
+    counts, lo, hi = hist(x)
+    for method in ranges.METHODS:
+        a, b = ranges.choose_range(method, counts, lo, hi)
+        assert a == pytest.approx(0.0, abs=1e-9) and b == pytest.approx(6.0, rel=0.01), method
+
+
+def test_outliers_are_clipped_by_percentile_and_entropy():
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.standard_normal(100_000))
+    x[:5] = 40.0
+    counts, lo, hi = hist(x)
+    for method in ("percentile", "entropy"):
+        a, b = ranges.choose_range(method, counts, lo, hi)
+        assert a == lo and 3.0 < b < 8.0, (method, b)
+    # every method stays inside the observed range
+    for method in ranges.METHODS:
+        a, b = ranges.choose_range(method, counts, lo, hi)
+        assert lo <= a < b <= hi
+
+
+def test_empty_histogram_and_bad_names():
+    assert ranges.choose_range("mse", np.zeros(16), 0.0, 1.0) == (0.0, 1.0)
+    assert ranges.choose_range("entropy", np.zeros(16), 0.0, 1.0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="unknown range method"):
+        ranges.choose_range("magic", np.ones(4), 0.0, 1.0)
+    with pytest.raises(ValueError):
+        ranges.percentile_range(np.ones(4), 0.0, 1.0, 30.0)
