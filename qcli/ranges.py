@@ -166,6 +166,12 @@ def entropy_range(
         one_sided, _ = np.histogram(np.abs(values), bins=folded_edges, weights=weights)
         base = 0.0
         levels = levels // 2
+    # the bin at zero holds every value a ReLU zeroed (often half the tensor); left as it is, its
+    # spike dominates the divergence and pushes the threshold far too low. As NVIDIA's
+    # pytorch-quantization does, it is given its neighbour's count.
+    one_sided = np.asarray(one_sided, dtype=np.float64).copy()
+    if len(one_sided) > 1:
+        one_sided[0] = one_sided[1]
     first = start if start is not None else min(levels, bins)
     best_stop, best_kl = bins, math.inf
     step = max(1, (bins - first) // 256)  # at most ~256 thresholds

@@ -112,3 +112,45 @@ def test_empty_histogram_and_bad_names():
         ranges.choose_range("magic", np.ones(4), 0.0, 1.0)
     with pytest.raises(ValueError):
         ranges.percentile_range(np.ones(4), 0.0, 1.0, 30.0)
+
+
+def test_entropy_ignores_the_relu_spike_at_zero():
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.standard_normal(200_000), 0)  # half the values are exactly 0
+    counts, lo, hi = hist(x)
+    a, b = ranges.entropy_range(counts, lo, hi)
+    clipped = (x > b).mean()
+    assert a == 0.0 and clipped < 0.005, clipped
+
+
+@pytest.fixture(scope="module")
+def demo_stats(tmp_path_factory, demo_model, mnist_preprocess):
+    from qcli import demo
+    from qcli.calibrate import calibrate, load_stats, save_stats
+    from qcli.data import SampleFolder
+
+    path = tmp_path_factory.mktemp("ranges") / "s.safetensors"
+    result = calibrate(demo_model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), batch_size=32)
+    save_stats(path, result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest})
+    return load_stats(path), result.prepared.spec
+
+
+@pytest.mark.parametrize("method", ["histogram", *ranges.METHODS])
+def test_every_method_keeps_the_demo_accurate(method, demo_stats, demo_model, eval_batch):
+    """Each method, applied to the same saved statistics, gives an INT8 demo within 1 point of FP32."""
+    from qcli.calibrate import apply_stats, prepare
+    from qcli.convert import apply_method, quantize
+    from qcli.metrics import topk_hits
+
+    stats, spec = demo_stats
+    prepared = prepare(demo_model, stats.example(), spec)
+    apply_stats(prepared, stats, demo_model.sha256)
+    chosen = apply_method(prepared, method)
+    assert (chosen == {}) == (method == "histogram")
+    for a, b in chosen.values():
+        assert a <= 0 <= b or a >= 0
+    x, labels = eval_batch
+    with torch.no_grad():
+        fp32 = topk_hits(demo_model.module(x), labels, 1)
+        int8 = topk_hits(quantize(prepared, method)(x), labels, 1)
+    assert int8 >= fp32 - 0.01 * len(labels), (method, fp32, int8)
