@@ -110,6 +110,7 @@ def convert_model_file(
     save_config: Path | None = None,
     method: str = "histogram",
     percentile: float = 99.99,
+    exclude: tuple[str, ...] | list[str] = (),
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
@@ -118,7 +119,7 @@ def convert_model_file(
     metadata carries the same configuration).
     """
     from qcli.config import to_toml
-    from qcli.convert import METHODS, convert_model, program_path
+    from qcli.convert import METHODS, convert_model, program_path, resolve_excludes
 
     if method not in METHODS:
         raise QcliError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
@@ -135,12 +136,13 @@ def convert_model_file(
     if save_config is not None:
         check_output(save_config, force)
     loaded = load_model(model, arch)
+    excluded = resolve_excludes(loaded.module, tuple(exclude))
     if stats is not None:
         require_file(stats, "statistics file")
         saved: Stats = load_stats(stats)
         spec = infer_input_spec(loaded.module)
         check_stats(saved, loaded.sha256, options.mode)
-        prepared = prepare(loaded, saved.example(), spec, options.mode)
+        prepared = prepare(loaded, saved.example(), spec, options.mode, excluded)
         apply_stats(prepared, saved, loaded.sha256)
         calibration = {
             **saved.meta.get("calibration", {}),
@@ -152,7 +154,13 @@ def convert_model_file(
         assert calib_dir is not None
         folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
         result = calibrate(
-            loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track
+            loaded,
+            folder,
+            mode=options.mode,
+            batch_size=options.batch_size,
+            limit=options.limit,
+            exclude=excluded,
+            track=track,
         )
         prepared, calibration = result.prepared, result.manifest
         config = _effective_config(recipe, options)
@@ -161,6 +169,9 @@ def convert_model_file(
         "convert": {
             **(config.get("calibrate") or {}),
             "mode": prepared.mode,
+            "method": method,
+            "percentile": percentile if method == "percentile" else None,
+            "exclude": list(excluded) or None,
             "form": form,
             "package_batch_sizes": package_batch_sizes,
         },

@@ -54,7 +54,10 @@ def example_from(batch: Batch, spec: InputSpec) -> tuple[Any, ...]:
     return engine.first_row_repeated(args_for(batch.inputs, spec), 2)
 
 
-def prepare(loaded: LoadedModel, example: tuple[Any, ...], spec: InputSpec, mode: str = "static") -> Prepared:
+def prepare(
+    loaded: LoadedModel, example: tuple[Any, ...], spec: InputSpec, mode: str = "static", exclude: tuple[str, ...] = ()
+) -> Prepared:
+    """Export and insert observers; modules named in ``exclude`` stay FP32."""
     import torch
 
     if isinstance(loaded.module, torch.jit.ScriptModule):
@@ -66,7 +69,7 @@ def prepare(loaded: LoadedModel, example: tuple[Any, ...], spec: InputSpec, mode
             "the result would silently be FP32; pass the state dict with --arch instead"
         )
     program = engine.export(loaded.module, example, spec.names)
-    return Prepared(engine.prepare_pt2e(program.module(), mode), example, spec, mode)
+    return Prepared(engine.prepare_pt2e(program.module(), mode, exclude), example, spec, mode)
 
 
 def observe(prepared: Prepared, batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -178,18 +181,27 @@ def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
 
 
 def apply_stats(prepared: Prepared, stats: Stats, model_sha256: str) -> None:
-    """Load saved observer states into a freshly prepared graph of the same model."""
+    """Load saved observer states into a freshly prepared graph of the same model.
+
+    Observers are matched by what they observe (kind and graph node), so statistics collected with
+    every layer quantized also serve a graph where ``--exclude`` left some layers in FP32.
+    """
     check_stats(stats, model_sha256, prepared.mode)
-    if stats.meta.get("observers") != observer_kinds(prepared):
-        raise StatsError(
-            f"statistics '{stats.path}' do not match this model's quantization graph; "
-            "calibrate again with this qcli/torch version",
-            path=stats.path,
-        )
-    for name, obs in engine.observers(prepared.graph).items():
-        prefix = f"{name}."
+    saved_by_kind: dict[str, str] = {}
+    for saved_name, kind in (stats.meta.get("observers") or {}).items():
+        saved_by_kind.setdefault(kind, saved_name)
+    modules = engine.observers(prepared.graph)
+    for name, kind in observer_kinds(prepared).items():
+        saved_name = saved_by_kind.get(kind)
+        if saved_name is None:
+            raise StatsError(
+                f"statistics '{stats.path}' do not match this model's quantization graph (nothing observed "
+                f"{kind.split(':')[-1]}); calibrate again with this qcli/torch version and these --exclude settings",
+                path=stats.path,
+            )
+        prefix = f"{saved_name}."
         state = {k[len(prefix) :]: v for k, v in stats.tensors.items() if k.startswith(prefix)}
-        obs.load_state_dict(state)
+        modules[name].load_state_dict(state)
 
 
 def _torch_version() -> str:
@@ -217,6 +229,7 @@ def calibrate(
     mode: str = "static",
     batch_size: int = 32,
     limit: int | None = None,
+    exclude: tuple[str, ...] = (),
     track: Any = identity_track,
 ) -> Calibration:
     """Export the model with the first sample's shape, then stream the folder through observers.
@@ -233,7 +246,7 @@ def calibrate(
     batches = folder.batches(spec, batch_size, limit)
     first = next(batches)
     check_dtypes(first, spec)
-    prepared = prepare(loaded, example_from(first, spec), spec, mode)
+    prepared = prepare(loaded, example_from(first, spec), spec, mode, exclude)
     total = min(limit, len(folder.files)) if limit else len(folder.files)
     used: list[str] = []
     for batch in track(observe(prepared, chain([first], batches)), total):

@@ -119,6 +119,7 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "package_batch_sizes": (str, list),
         "method": str,
         "percentile": (int, float),
+        "exclude": list,
     },
     "bench": {
         "batch_sizes": (str, list),

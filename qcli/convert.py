@@ -63,6 +63,26 @@ def apply_method(prepared: Prepared, method: str, percentile: float = 99.99) -> 
     return chosen
 
 
+def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Module names (as ``inspect`` lists them) matched by the ``--exclude`` globs, in model order.
+
+    A pattern that matches no module is an error that lists the quantizable layers, so a typo
+    never silently quantizes what the user meant to keep in FP32.
+    """
+    import fnmatch
+
+    names = [name for name, _ in module.named_modules() if name]
+    layers = [name for name, m in module.named_modules() if type(m).__name__ in QUANTIZABLE_OPS.values()]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            shown = ", ".join(layers[:12]) + (" …" if len(layers) > 12 else "")
+            raise UnsupportedModel(f"--exclude '{pattern}' matches no module of this model (layers: {shown})")
+        chosen += [n for n in hits if n not in chosen]
+    return tuple(chosen)
+
+
 def quantize(prepared: Prepared, method: str = DEFAULT_METHOD, percentile: float = 99.99) -> Any:
     apply_method(prepared, method, percentile)
     return engine.convert_pt2e(prepared.graph)

@@ -65,8 +65,9 @@ def first_row_repeated(tensors: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
     return tuple(t[:1].repeat(batch, *([1] * (t.ndim - 1))) for t in tensors)
 
 
-def quantizer(mode: str) -> Any:
-    """X86 Inductor quantizer: per-channel symmetric INT8 weights; activations static or dynamic."""
+def quantizer(mode: str, exclude: tuple[str, ...] = ()) -> Any:
+    """X86 Inductor quantizer: per-channel symmetric INT8 weights; activations static or dynamic.
+    Modules named in ``exclude`` (and everything inside them) stay FP32."""
     if mode not in MODES:
         raise UnsupportedModel(f"mode '{mode}' is not supported (use {' or '.join(MODES)})")
     with quiet():
@@ -74,6 +75,8 @@ def quantizer(mode: str) -> Any:
 
         q = xiq.X86InductorQuantizer()
         q.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic"))
+        for name in exclude:
+            q.set_module_name_qconfig(name, None)
     return q
 
 
@@ -117,12 +120,12 @@ def _root(parent: dict[Any, Any], node: Any) -> Any:
     return node
 
 
-def prepare_pt2e(graph: Any, mode: str) -> Any:
+def prepare_pt2e(graph: Any, mode: str, exclude: tuple[str, ...] = ()) -> Any:
     split_reused_modules(graph)
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as _prepare
 
-        return _prepare(graph, quantizer(mode))
+        return _prepare(graph, quantizer(mode, exclude))
 
 
 def convert_pt2e(prepared: Any) -> Any:

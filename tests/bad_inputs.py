@@ -238,6 +238,18 @@ CASES: list[Case] = [
     Case("stats file of another model", stats_of_other_model, 1, "another model"),
     Case("INT8 artifact given as the FP32 model", int8_as_model, 1, "qcli INT8 artifact"),
     Case(
+        "--exclude that matches no layer",
+        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--exclude", "stm.*"],
+        1,
+        "matches no module",
+    ),
+    Case(
+        "--method that does not exist",
+        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--method", "magic"],
+        2,
+        "'magic' is not one of",
+    ),
+    Case(
         "output folder not writable",
         lambda d: ["calibrate", weights(d), calib(d), "-o", "/proc/stats.safetensors", *ARCH],
         1,

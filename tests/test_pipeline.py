@@ -13,11 +13,14 @@ from qcli import demo, hardware, metrics
 from qcli.api import CalibrationOptions, convert_model_file
 from qcli.artifact import load_artifact, read_metadata, split_batch
 from qcli.calibrate import apply_stats, calibrate, load_stats, prepare, save_stats
+from qcli.config import load_recipe
 from qcli.convert import quantize
 from qcli.data import SampleFolder
 from qcli.describe import describe
 from qcli.errors import ArtifactError, StatsError
 from qcli.load import ArchSpec, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_stats_round_trip_reproduces_the_calibrated_model(tmp_path, demo_model, mnist_preprocess, eval_batch):
@@ -205,3 +208,29 @@ def test_describe_model_lists_layers(demo_model):
     assert {"name": "fc", "type": "Linear", "weight_shape": [10, 64], "parameters": 650}.items() <= info["layers"][
         -1
     ].items()
+
+
+def test_exclude_keeps_matching_layers_fp32_and_reuses_full_statistics(tmp_path, demo_model, eval_batch):
+    """Statistics of the fully quantized graph serve a graph with excluded layers (matched by node)."""
+    from qcli.api import calibrate_model
+
+    recipe = load_recipe(ROOT / "configs" / "mnist.toml")
+    arch = ArchSpec.parse(demo.ARCH)
+    stats = tmp_path / "s.safetensors"
+    calibrate_model(demo.WEIGHTS, demo.CALIB_DIR, stats, arch=arch, recipe=recipe, options=CalibrationOptions(limit=64))
+    report = convert_model_file(
+        demo.WEIGHTS, tmp_path / "int8.pt2", stats=stats, arch=arch, recipe=recipe, form="program",
+        exclude=["stem.*", "fc"], method="percentile",
+    )  # fmt: skip
+    quantized = {la["name"]: la["quantized"] for la in report["layers"]}
+    assert quantized["stem.0.0"] is False and quantized["fc"] is False
+    assert sum(quantized.values()) == len(quantized) - 2
+    assert report["config"]["convert"]["exclude"] == ["stem.0", "stem.0.0", "stem.0.1", "stem.1", "fc"]
+    program = torch.export.load(tmp_path / "int8.pt2")
+    weights = {k: v.dtype for k, v in {**program.state_dict, **program.constants}.items() if v.dim() >= 2}
+    assert torch.float32 in weights.values() and torch.int8 in weights.values()
+    x, labels = eval_batch
+    with torch.no_grad():
+        out = load_artifact(tmp_path / "int8.pt2").run(x[:64].clone())
+        ref = demo_model.module(x[:64])
+    assert metrics.top1_agreement_hits(ref, out) >= 63

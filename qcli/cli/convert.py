@@ -48,6 +48,13 @@ def convert_command(
         float | None,
         typer.Option("--percentile", help="With --method percentile: keep this percent, e.g. 99.99 (default)."),
     ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Keep modules matching this glob in FP32 (repeatable; names as `qcli inspect` lists them), e.g. --exclude 'stem.*' --exclude fc.",
+        ),
+    ] = None,
     form: Annotated[
         Form | None,
         typer.Option(
@@ -100,6 +107,7 @@ def convert_command(
         save_config=save_config,
         method=rec.option("convert", "method", method.value if method else None, "histogram"),
         percentile=rec.option("convert", "percentile", percentile, 99.99),
+        exclude=exclude or rec.option("convert", "exclude", None, None) or (),
         package_batch_sizes=parse_batch_sizes(
             rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
         ),
