@@ -80,6 +80,7 @@ def calibrate_model(
             "calibration": result.manifest,
             "config": _effective_config(recipe, options),
         },
+        result.samples,
     )
     return {
         "schema_version": SCHEMA_VERSION,
@@ -144,6 +145,7 @@ def convert_model_file(
         check_stats(saved, loaded.sha256, options.mode)
         prepared = prepare(loaded, saved.example(), spec, options.mode, excluded)
         apply_stats(prepared, saved, loaded.sha256)
+        report_samples = saved.samples()
         calibration = {
             **saved.meta.get("calibration", {}),
             "stats_file": stats.name,
@@ -162,7 +164,7 @@ def convert_model_file(
             exclude=excluded,
             track=track,
         )
-        prepared, calibration = result.prepared, result.manifest
+        prepared, calibration, report_samples = result.prepared, result.manifest, result.samples
         config = _effective_config(recipe, options)
     config = {
         **config,
@@ -186,6 +188,7 @@ def convert_model_file(
         config=config,
         method=method,
         percentile=percentile,
+        report_samples=report_samples,
     )
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -198,6 +201,8 @@ def convert_model_file(
         "calibration_samples": calibration.get("samples"),
         "config": config,
         "saved_config": None,
+        "per_layer": conversion.metadata.get("per_layer"),
+        "suggested_exclude": conversion.metadata.get("suggested_exclude") or [],
     }
     if save_config is not None:
         header = f"Effective configuration of `qcli convert` for {loaded.path.name} (qcli {__version__}).\nUse it again with --config; flags on the command line win."
@@ -320,6 +325,8 @@ def bench_model(
             "environment": environment(),
             "latency": [t.to_dict() for t in timings],
             "accuracy": accuracy.to_dict() if accuracy else None,
+            "per_layer": meta.get("per_layer"),
+            "suggested_exclude": meta.get("suggested_exclude") or [],
         }
     report["baseline"] = None
     report["gates"] = gates(report, accuracy, timings, max_drop, min_speedup)

@@ -102,8 +102,11 @@ def observer_kinds(prepared: Prepared) -> dict[str, str]:
     return kinds
 
 
-def save_stats(path: Path, prepared: Prepared, metadata: dict[str, Any]) -> None:
-    """Write the statistics atomically with JSON metadata (model hash, files, config, input spec)."""
+def save_stats(
+    path: Path, prepared: Prepared, metadata: dict[str, Any], samples: tuple[Any, ...] | None = None
+) -> None:
+    """Write the statistics atomically with JSON metadata (model hash, files, config, input spec),
+    and up to REPORT_SAMPLES calibration samples for the per-layer report."""
     header = {
         "format": STATS_FORMAT,
         "format_version": str(STATS_VERSION),
@@ -122,8 +125,11 @@ def save_stats(path: Path, prepared: Prepared, metadata: dict[str, Any]) -> None
             sort_keys=True,
         ),
     }
+    tensors = stats_tensors(prepared)
+    for i, t in enumerate(samples or ()):
+        tensors[f"{SAMPLE_PREFIX}{i}"] = t.contiguous()
     with atomic_output(path) as tmp:
-        save_safetensors(stats_tensors(prepared), header, tmp)
+        save_safetensors(tensors, header, tmp)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,13 @@ class Stats:
     tensors: dict[str, Any]
     meta: dict[str, Any]
     path: Path
+
+    def samples(self) -> tuple[Any, ...] | None:
+        """The calibration samples kept in the file (inputs in call order), if any."""
+        found = sorted(
+            (int(k[len(SAMPLE_PREFIX) :]), v) for k, v in self.tensors.items() if k.startswith(SAMPLE_PREFIX)
+        )
+        return tuple(v for _, v in found) or None
 
     def example(self) -> tuple[Any, ...]:
         """Zero inputs of the recorded shapes (batch 2), to re-export the model without data."""
@@ -212,10 +225,36 @@ def _torch_version() -> str:
 
 @dataclass
 class Calibration:
-    """The result of a calibration pass: the observed graph and what it was computed from."""
+    """The result of a calibration pass: the observed graph, what it was computed from, and the
+    first few samples (for the per-layer error report)."""
 
     prepared: Prepared
     manifest: dict[str, Any]
+    samples: tuple[Any, ...] | None = None
+
+
+REPORT_SAMPLES = 32  # calibration samples kept for the per-layer report
+REPORT_SAMPLES_MAX_BYTES = 16 << 20
+SAMPLE_PREFIX = "qcli.sample."
+
+
+def keep_samples(kept: list[tuple[Any, ...]], args: tuple[Any, ...]) -> None:
+    """Append a batch's rows to ``kept`` until REPORT_SAMPLES rows (and at most 16 MiB) are kept."""
+    have = sum(int(a[0].shape[0]) for a in kept)
+    room = REPORT_SAMPLES - have
+    size = sum(t.element_size() * t[:1].numel() for t in args)
+    if room <= 0 or (have + 1) * size > REPORT_SAMPLES_MAX_BYTES:
+        return
+    room = min(room, max(1, REPORT_SAMPLES_MAX_BYTES // max(size, 1) - have))
+    kept.append(tuple(t[:room].clone() for t in args))
+
+
+def stack_samples(kept: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    import torch
+
+    if not kept:
+        return None
+    return tuple(torch.cat(parts) for parts in zip(*kept, strict=True))
 
 
 def identity_track(items: Iterable[Batch], total: int | None) -> Iterable[Batch]:
@@ -249,10 +288,14 @@ def calibrate(
     prepared = prepare(loaded, example_from(first, spec), spec, mode, exclude)
     total = min(limit, len(folder.files)) if limit else len(folder.files)
     used: list[str] = []
+    kept: list[tuple[Any, ...]] = []
     for batch in track(observe(prepared, chain([first], batches)), total):
         used.extend(batch.files)
+        keep_samples(kept, args_for(batch.inputs, spec))
     return Calibration(
-        prepared, {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit}
+        prepared,
+        {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit},
+        stack_samples(kept),
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qcli import engine, ranges
+from qcli import layers as layer_report
 from qcli.calibrate import Prepared
 from qcli.errors import UnsupportedModel
 
@@ -195,14 +196,19 @@ def convert_model(
     config: dict[str, Any] | None = None,
     method: str = DEFAULT_METHOD,
     percentile: float = 99.99,
+    report_samples: tuple[Any, ...] | None = None,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
     import torch
 
     from qcli.artifact import base_metadata, write_package, write_program
 
+    fp32_graph = layer_report.fp32_reference(prepared.graph) if report_samples is not None else None
     converted = quantize(prepared, method, percentile)
     layers = layer_table(converted)
+    per_layer = None
+    if fp32_graph is not None and report_samples is not None:
+        per_layer = layer_report.per_layer_errors(fp32_graph, converted, [report_samples], layers)
     with torch.no_grad(), engine.quiet():
         outs = converted(*prepared.example)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
@@ -234,6 +240,8 @@ def convert_model(
         "config": config or {},
         "calibration": calibration or {},
         "layers": [layer.to_dict() for layer in layers],
+        "per_layer": per_layer,
+        "suggested_exclude": layer_report.suggestions(per_layer) if per_layer else [],
         # the same in every run with the same inputs, for both forms (the package's own bytes are not)
         "graph_sha256": engine.graph_digest(program),
     }

@@ -104,5 +104,7 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         else None,
         "layers": layers,
         "quantized_layers": sum(1 for la in layers if la.get("quantized")),
+        "per_layer": meta.get("per_layer"),
+        "suggested_exclude": meta.get("suggested_exclude") or [],
         "cpu": hardware.explain(),
     }

@@ -75,7 +75,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def bar_chart(title: str, bars: list[tuple[str, float, str]], unit: str, width: int = 420) -> str:
     """Horizontal bars (label, value, color) with their values written at the end, as inline SVG."""
-    label_w, row_h, top = 110, 26, 28
+    label_w = max(110, 7 * max((len(label) for label, _, _ in bars), default=0) + 10)
+    row_h, top = 26, 28
     height = top + row_h * len(bars) + 8
     finite = [v for _, v, _ in bars if math.isfinite(v) and v > 0]
     scale = (width - label_w - 70) / max(finite) if finite else 0

@@ -131,7 +131,9 @@ def demo_stats(tmp_path_factory, demo_model, mnist_preprocess):
 
     path = tmp_path_factory.mktemp("ranges") / "s.safetensors"
     result = calibrate(demo_model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), batch_size=32)
-    save_stats(path, result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest})
+    save_stats(
+        path, result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest}, result.samples
+    )
     return load_stats(path), result.prepared.spec
 
 
@@ -154,3 +156,32 @@ def test_every_method_keeps_the_demo_accurate(method, demo_stats, demo_model, ev
         fp32 = topk_hits(demo_model.module(x), labels, 1)
         int8 = topk_hits(quantize(prepared, method)(x), labels, 1)
     assert int8 >= fp32 - 0.01 * len(labels), (method, fp32, int8)
+
+
+def test_per_layer_report_finds_the_damaged_layer(demo_stats, demo_model):
+    """Give the classifier's input a range 100x too small: the report must rank fc worst and suggest it."""
+    import functools
+
+    from qcli import engine, layers
+    from qcli.calibrate import apply_stats, observer_kinds, prepare
+    from qcli.convert import layer_table, quantize
+
+    stats, spec = demo_stats
+    prepared = prepare(demo_model, stats.example(), spec)
+    apply_stats(prepared, stats, demo_model.sha256)
+    fp32 = layers.fp32_reference(prepared.graph)
+    fc_input = [n for n in prepared.graph.graph.nodes if n.op == "call_function" and "linear" in str(n.target)][0].args[
+        0
+    ]
+    assert fc_input.op == "call_module" and str(fc_input.target) in observer_kinds(prepared)  # its observer
+    obs = engine.observers(prepared.graph)[str(fc_input.target)]
+    obs.calculate_qparams = functools.partial(obs._calculate_qparams, torch.tensor(0.0), obs.max_val / 100)
+    converted = quantize(prepared)
+    samples = stats.samples()
+    assert samples is not None and samples[0].shape[0] == 32
+    rows = layers.per_layer_errors(fp32, converted, [samples], layer_table(converted))
+    assert len(rows) == 10 and rows[0]["name"] == "fc"
+    assert [r["output_sqnr_db"] for r in rows] == sorted(r["output_sqnr_db"] for r in rows)
+    assert rows[0]["output_sqnr_db"] < 20 < rows[-1]["output_sqnr_db"]
+    assert all(r["weight_sqnr_db"] > 30 for r in rows)  # weights are untouched by the sabotage
+    assert layers.suggestions(rows) == ["fc"]

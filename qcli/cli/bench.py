@@ -76,6 +76,13 @@ def bench_command(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the JSON report to this file, e.g. -o bench.json.")
     ] = None,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="Also show each layer's INT8 error against FP32 (recorded at convert), e.g. --per-layer.",
+        ),
+    ] = False,
     report_html: Annotated[
         Path | None,
         typer.Option(
@@ -137,6 +144,11 @@ def bench_command(
         print(render.to_json(report))
     else:
         tables, lines = render.bench_tables(report)
+        if per_layer:
+            extra_tables, extra_lines = render.per_layer_table(
+                report.get("per_layer"), report.get("suggested_exclude") or []
+            )
+            tables, lines = tables + extra_tables, extra_lines + lines
         render.emit(tables, lines, format.value)
     if gate_error is not None:
         raise gate_error

@@ -24,6 +24,13 @@ def inspect_command(
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table, json or markdown.")
     ] = OutputFormat.table,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="On an artifact: each layer's INT8 error against FP32, worst first, e.g. qcli inspect m-int8.pt2 --per-layer.",
+        ),
+    ] = False,
 ) -> None:
     """Show a model's format, size, inputs and layers, or what an INT8 artifact quantized and how.
 
@@ -36,4 +43,13 @@ def inspect_command(
         print(render.to_json(report))
         return
     tables, lines = render.inspect_tables(report)
+    if per_layer:
+        if report["kind"] != "artifact":
+            from qcli.errors import QcliError
+
+            raise QcliError("--per-layer needs an INT8 artifact (the report is made when converting)")
+        extra_tables, extra_lines = render.per_layer_table(
+            report.get("per_layer"), report.get("suggested_exclude") or []
+        )
+        tables, lines = tables + extra_tables, lines + extra_lines
     render.emit(tables, lines, format.value)

@@ -328,3 +328,28 @@ def hardware_table(cpu: dict[str, Any]) -> tuple[str, list[str], list[list[str]]
 
 def hardware_lines(cpu: dict[str, Any]) -> list[str]:
     return [f"warning: {cpu['warning']}"] if cpu.get("warning") else []
+
+
+def per_layer_table(
+    rows: list[dict[str, Any]] | None, suggested: list[str]
+) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[str]]:
+    """The per-layer error report, worst first, and the suggested exclusions."""
+    if not rows:
+        return [], ["per-layer report: not available (the artifact was made without calibration samples)"]
+    table = [
+        [
+            r["name"],
+            r["op"],
+            fmt(r["output_sqnr_db"], 1),
+            fmt(r["weight_sqnr_db"], 1),
+            "-" if r["input_range"] is None else f"[{r['input_range'][0]:.3g}, {r['input_range'][1]:.3g}]",
+        ]
+        for r in rows
+    ]
+    lines = []
+    if suggested:
+        lines.append("suggested: " + " ".join(f"--exclude {name}" for name in suggested) + " (output SQNR under 20 dB)")
+    else:
+        lines.append("no layer is under 20 dB output SQNR; nothing to suggest excluding")
+    title = "Per-layer error on calibration samples, worst first (output SQNR includes earlier layers' error)"
+    return [(title, ["layer", "type", "output SQNR dB", "weight SQNR dB", "input range"], table)], lines

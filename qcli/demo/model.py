@@ -3,6 +3,9 @@
 ``DigitNet`` is the demo model: a residual CNN for 28x28 grayscale digits (about 75k parameters).
 ``ResNet18`` is a ResNet-18-class ImageNet network (11.7M parameters) of our own definition, used
 to measure INT8 speed on a model of realistic size; it has no pretrained weights.
+``MobileDigitNet`` (MobileNetV2-style: inverted residuals, depthwise convolutions, ReLU6) and
+``PReLUDigitNet`` (conv-BN-PReLU) are the architectures that naive INT8 handles badly; they are
+trained on the same digits as the demo (``python -m qcli.demo.train --arch mobile|prelu``).
 """
 
 from __future__ import annotations
@@ -72,3 +75,74 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def conv_bn_act(cin: int, cout: int, stride: int = 1, kernel: int = 3, groups: int = 1, act: type | None = nn.ReLU6):
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand + ReLU6, 3x3 depthwise + ReLU6, 1x1 linear projection;
+    a residual add when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            conv_bn_act(cin, hidden, kernel=1),
+            conv_bn_act(hidden, hidden, stride=stride, groups=hidden),
+            conv_bn_act(hidden, cout, kernel=1, act=None),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.use_residual else y
+
+
+class MobileDigitNet(nn.Module):
+    """A MobileNetV2-style network for 1x28x28 digits (depthwise-separable blocks, ReLU6)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        cfg = [(16, 1, 1), (24, 2, 4), (24, 1, 4), (32, 2, 4), (32, 1, 4), (64, 1, 4)]  # cout, stride, expand
+        blocks: list[nn.Module] = [conv_bn_act(1, 16)]
+        cin = 16
+        for cout, stride, expand in cfg:
+            blocks.append(InvertedResidual(cin, cout, stride, expand))
+            cin = cout
+        blocks.append(conv_bn_act(cin, 128, kernel=1))
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class PReLUDigitNet(nn.Module):
+    """A plain CNN with per-channel PReLU activations for 1x28x28 digits."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout)
+            )
+
+        self.features = nn.Sequential(
+            block(1, width, 1), block(width, width, 1), block(width, 2 * width, 2),
+            block(2 * width, 2 * width, 1), block(2 * width, 4 * width, 2), block(4 * width, 4 * width, 1),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))

