@@ -112,12 +112,20 @@ def convert_model_file(
     method: str = "histogram",
     percentile: float = 99.99,
     exclude: tuple[str, ...] | list[str] = (),
+    max_drop: float | None = None,
+    eval_dir: Path | None = None,
+    eval_limit: int | None = None,
+    max_trials: int = 20,
+    timeout: float | None = None,
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
 
     ``save_config`` also writes the effective configuration as a TOML recipe (the artifact's
-    metadata carries the same configuration).
+    metadata carries the same configuration). With ``max_drop`` and ``eval_dir``, layers fall
+    back to FP32 until the accuracy drop is within budget (``qcli.search``); the best artifact
+    found is always written, and ``GateFailed`` (exit 3) is raised after it when the budget is
+    not met.
     """
     from qcli.config import to_toml
     from qcli.convert import METHODS, convert_model, program_path, resolve_excludes
@@ -136,6 +144,12 @@ def convert_model_file(
         check_output(program_path(out), force)
     if save_config is not None:
         check_output(save_config, force)
+    if (max_drop is None) != (eval_dir is None):
+        raise QcliError("--max-drop and --eval-dir go together: the search measures accuracy on the evaluation folder")
+    if max_drop is not None and max_drop < 0:
+        raise QcliError(f"--max-drop must be at least 0 points, not {max_drop:g}")
+    if max_trials < 1:
+        raise QcliError(f"--max-trials must be at least 1, not {max_trials}")
     loaded = load_model(model, arch)
     excluded = resolve_excludes(loaded.module, tuple(exclude))
     if stats is not None:
@@ -144,8 +158,8 @@ def convert_model_file(
         spec = infer_input_spec(loaded.module)
         check_stats(saved, loaded.sha256, options.mode)
         prepared = prepare(loaded, saved.example(), spec, options.mode, excluded)
-        apply_stats(prepared, saved, loaded.sha256)
         report_samples = saved.samples()
+        apply_stats(prepared, saved, loaded.sha256, fill_from=report_samples)
         calibration = {
             **saved.meta.get("calibration", {}),
             "stats_file": stats.name,
@@ -166,6 +180,28 @@ def convert_model_file(
         )
         prepared, calibration, report_samples = result.prepared, result.manifest, result.samples
         config = _effective_config(recipe, options)
+    searched = None
+    if max_drop is not None and eval_dir is not None:
+        searched = _search(
+            loaded,
+            prepared,
+            excluded,
+            report_samples,
+            eval_dir,
+            eval_limit,
+            recipe,
+            max_drop,
+            max_trials,
+            timeout,
+            method,
+            percentile,
+        )
+        if searched.best.excluded != excluded:
+            best = prepare(loaded, prepared.example, prepared.spec, prepared.mode, searched.best.excluded)
+            from qcli.search import snapshot
+
+            apply_stats(best, snapshot(prepared, loaded), loaded.sha256, fill_from=report_samples)
+            prepared, excluded = best, searched.best.excluded
     config = {
         **config,
         "convert": {
@@ -189,6 +225,7 @@ def convert_model_file(
         method=method,
         percentile=percentile,
         report_samples=report_samples,
+        search=searched.to_dict(max_drop) if searched is not None and max_drop is not None else None,
     )
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -203,13 +240,56 @@ def convert_model_file(
         "saved_config": None,
         "per_layer": conversion.metadata.get("per_layer"),
         "suggested_exclude": conversion.metadata.get("suggested_exclude") or [],
+        "search": conversion.metadata.get("search"),
     }
     if save_config is not None:
         header = f"Effective configuration of `qcli convert` for {loaded.path.name} (qcli {__version__}).\nUse it again with --config; flags on the command line win."
         with atomic_output(save_config) as tmp:
             tmp.write_text(to_toml(config, header), encoding="utf-8")
         report["saved_config"] = str(save_config)
+    if searched is not None and not searched.met:
+        raise GateFailed(
+            f"--max-drop {max_drop:g} not met: the best trial dropped {searched.best.drop:.2f} points with "
+            f"{len(searched.best.excluded)} layer(s) in FP32 ({searched.stopped_by}); it was written anyway",
+            report=report,
+        )
     return report
+
+
+def _search(
+    loaded: Any,
+    prepared: Any,
+    excluded: tuple[str, ...],
+    samples: Any,
+    eval_dir: Path,
+    eval_limit: int | None,
+    recipe: Recipe,
+    max_drop: float,
+    max_trials: int,
+    timeout: float | None,
+    method: str,
+    percentile: float,
+) -> Any:
+    from qcli.evaluate import evaluate
+    from qcli.search import search
+
+    folder = SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder")
+
+    def evaluate_int8(converted: Any) -> Any:
+        return evaluate(loaded.module, converted, folder, prepared.spec, limit=eval_limit)
+
+    return search(
+        loaded,
+        prepared,
+        user_excluded=excluded,
+        samples=samples,
+        evaluate_int8=evaluate_int8,
+        max_drop=max_drop,
+        max_trials=max_trials,
+        timeout=timeout,
+        method=method,
+        percentile=percentile,
+    )
 
 
 def bench_model(

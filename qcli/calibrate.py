@@ -193,28 +193,45 @@ def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
         )
 
 
-def apply_stats(prepared: Prepared, stats: Stats, model_sha256: str) -> None:
+def apply_stats(
+    prepared: Prepared, stats: Stats, model_sha256: str, fill_from: tuple[Any, ...] | None = None
+) -> list[str]:
     """Load saved observer states into a freshly prepared graph of the same model.
 
     Observers are matched by what they observe (kind and graph node), so statistics collected with
-    every layer quantized also serve a graph where ``--exclude`` left some layers in FP32.
+    every layer quantized also serve a graph where ``--exclude`` left some layers in FP32. Such a
+    graph can observe a tensor the full graph did not (the FP32 output of an excluded layer feeding
+    an INT8 add): those observers are filled by running ``fill_from`` (the calibration samples kept
+    in the statistics) through the graph; without samples that is an error. Returns the names of
+    the observers filled that way.
     """
     check_stats(stats, model_sha256, prepared.mode)
     saved_by_kind: dict[str, str] = {}
     for saved_name, kind in (stats.meta.get("observers") or {}).items():
         saved_by_kind.setdefault(kind, saved_name)
     modules = engine.observers(prepared.graph)
+    states, missing = {}, []
     for name, kind in observer_kinds(prepared).items():
         saved_name = saved_by_kind.get(kind)
         if saved_name is None:
+            missing.append(name)
+            continue
+        prefix = f"{saved_name}."
+        states[name] = {k[len(prefix) :]: v for k, v in stats.tensors.items() if k.startswith(prefix)}
+    if missing:
+        if fill_from is None:
             raise StatsError(
-                f"statistics '{stats.path}' do not match this model's quantization graph (nothing observed "
-                f"{kind.split(':')[-1]}); calibrate again with this qcli/torch version and these --exclude settings",
+                f"statistics '{stats.path}' do not cover this model's quantization graph ({len(missing)} tensor(s) "
+                "were not observed); calibrate again with this qcli/torch version and these --exclude settings",
                 path=stats.path,
             )
-        prefix = f"{saved_name}."
-        state = {k[len(prefix) :]: v for k, v in stats.tensors.items() if k.startswith(prefix)}
+        import torch
+
+        with torch.no_grad(), engine.quiet():
+            prepared.graph(*fill_from)
+    for name, state in states.items():  # after the fill, so the saved states are exactly what is used
         modules[name].load_state_dict(state)
+    return missing
 
 
 def _torch_version() -> str:

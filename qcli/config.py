@@ -120,6 +120,9 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "method": str,
         "percentile": (int, float),
         "exclude": list,
+        "max_drop": (int, float),
+        "max_trials": int,
+        "timeout": (int, float),
     },
     "bench": {
         "batch_sizes": (str, list),

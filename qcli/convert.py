@@ -197,6 +197,7 @@ def convert_model(
     method: str = DEFAULT_METHOD,
     percentile: float = 99.99,
     report_samples: tuple[Any, ...] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
     import torch
@@ -241,6 +242,7 @@ def convert_model(
         "calibration": calibration or {},
         "layers": [layer.to_dict() for layer in layers],
         "per_layer": per_layer,
+        "search": search,
         "suggested_exclude": layer_report.suggestions(per_layer) if per_layer else [],
         # the same in every run with the same inputs, for both forms (the package's own bytes are not)
         "graph_sha256": engine.graph_digest(program),

@@ -55,6 +55,33 @@ def convert_command(
             help="Keep modules matching this glob in FP32 (repeatable; names as `qcli inspect` lists them), e.g. --exclude 'stem.*' --exclude fc.",
         ),
     ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="With --eval-dir: keep the most harmful layers in FP32 until INT8 is within X points of FP32 "
+            "(exit 3 if it never is; the best artifact is still written), e.g. --max-drop 1.",
+        ),
+    ] = None,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-dir",
+            exists=True,
+            file_okay=False,
+            help="Samples for --max-drop (class sub-folders: top-1; else agreement with FP32).",
+        ),
+    ] = None,
+    eval_limit: Annotated[
+        int | None,
+        typer.Option("--eval-limit", help="With --max-drop: evaluate at most N samples per trial, e.g. 500."),
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option("--max-trials", help="With --max-drop: at most N conversions tried (default 20).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="With --max-drop: stop searching after S seconds, e.g. 600.")
+    ] = None,
     form: Annotated[
         Form | None,
         typer.Option(
@@ -91,31 +118,68 @@ def convert_command(
     Example: qcli convert digits.safetensors --arch qcli.demo.model:DigitNet --stats stats.safetensors -o digits-int8.pt2
     """
     from qcli.api import convert_model_file
+    from qcli.errors import GateFailed
 
     rec = recipe(config)
     options = calibration_options(rec, "convert", limit, seed, batch_size, mode)
-    report = convert_model_file(
-        model,
-        output,
-        stats=stats,
-        calib_dir=calib_dir,
-        arch=arch_spec(arch, arch_kwargs),
-        recipe=rec,
-        options=options,
-        form=rec.option("convert", "form", form.value if form else None, "package"),
-        force=force,
-        save_config=save_config,
-        method=rec.option("convert", "method", method.value if method else None, "histogram"),
-        percentile=rec.option("convert", "percentile", percentile, 99.99),
-        exclude=exclude or rec.option("convert", "exclude", None, None) or (),
-        package_batch_sizes=parse_batch_sizes(
-            rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
-        ),
-        track=render.tracker(quiet, "calibrating"),
-    )
+    gate_error: GateFailed | None = None
+    try:
+        report = convert_model_file(
+            model,
+            output,
+            stats=stats,
+            calib_dir=calib_dir,
+            arch=arch_spec(arch, arch_kwargs),
+            recipe=rec,
+            options=options,
+            form=rec.option("convert", "form", form.value if form else None, "package"),
+            force=force,
+            save_config=save_config,
+            method=rec.option("convert", "method", method.value if method else None, "histogram"),
+            percentile=rec.option("convert", "percentile", percentile, 99.99),
+            exclude=exclude or rec.option("convert", "exclude", None, None) or (),
+            max_drop=rec.option("convert", "max_drop", max_drop, None),
+            eval_dir=eval_dir,
+            eval_limit=eval_limit,
+            max_trials=rec.option("convert", "max_trials", max_trials, 20),
+            timeout=rec.option("convert", "timeout", timeout, None),
+            package_batch_sizes=parse_batch_sizes(
+                rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
+            ),
+            track=render.tracker(quiet, "calibrating"),
+        )
+    except GateFailed as exc:  # the best artifact was written; show what was tried, then exit 3
+        if exc.report is None:
+            raise
+        gate_error, report = exc, exc.report
+    show(report, format)
+    if gate_error is not None:
+        raise gate_error
+
+
+def show(report: dict, format: OutputFormat) -> None:
     if format is OutputFormat.json:
         print(render.to_json(report))
         return
+    search = report.get("search")
+    if search:
+        rows = [
+            [str(i), t["reason"], str(len(t["excluded"])), render.fmt(t["drop"], 2), render.fmt(t["seconds"], 1)]
+            for i, t in enumerate(search["trials"])
+        ]
+        render.emit(
+            [
+                (
+                    f"--max-drop {search['max_drop']:g} search ({search['stopped_by']})",
+                    ["trial", "change", "FP32 layers", "drop", "s"],
+                    rows,
+                )
+            ],
+            [
+                f"kept in FP32: {', '.join(search['best']['excluded']) or 'nothing'}; drop {search['best']['drop']:.2f} points"
+            ],
+            "table",
+        )
     for name, out in report["outputs"].items():
         render.stdout.print(
             f"wrote {out['path']} ({name}, {render.fmt_bytes(out['size_bytes'])})", markup=False, highlight=False
