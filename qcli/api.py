@@ -117,6 +117,7 @@ def convert_model_file(
     eval_limit: int | None = None,
     max_trials: int = 20,
     timeout: float | None = None,
+    bias_correction: bool = False,
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
@@ -210,6 +211,7 @@ def convert_model_file(
             "method": method,
             "percentile": percentile if method == "percentile" else None,
             "exclude": list(excluded) or None,
+            "bias_correction": bias_correction,
             "form": form,
             "package_batch_sizes": package_batch_sizes,
         },
@@ -226,6 +228,7 @@ def convert_model_file(
         percentile=percentile,
         report_samples=report_samples,
         search=searched.to_dict(max_drop) if searched is not None and max_drop is not None else None,
+        bias_correction=bias_correction,
     )
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -241,6 +244,7 @@ def convert_model_file(
         "per_layer": conversion.metadata.get("per_layer"),
         "suggested_exclude": conversion.metadata.get("suggested_exclude") or [],
         "search": conversion.metadata.get("search"),
+        "bias_correction": conversion.metadata.get("bias_correction"),
     }
     if save_config is not None:
         header = f"Effective configuration of `qcli convert` for {loaded.path.name} (qcli {__version__}).\nUse it again with --config; flags on the command line win."

@@ -122,6 +122,7 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "exclude": list,
         "max_drop": (int, float),
         "max_trials": int,
+        "bias_correction": bool,
         "timeout": (int, float),
     },
     "bench": {

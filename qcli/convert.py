@@ -198,15 +198,21 @@ def convert_model(
     percentile: float = 99.99,
     report_samples: tuple[Any, ...] | None = None,
     search: dict[str, Any] | None = None,
+    bias_correction: bool = False,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
     import torch
 
     from qcli.artifact import base_metadata, write_package, write_program
 
+    if bias_correction and (report_samples is None or prepared.mode != "static"):
+        raise UnsupportedModel(
+            "--bias-correction needs static mode and calibration samples (calibrate again with this qcli)"
+        )
     fp32_graph = layer_report.fp32_reference(prepared.graph) if report_samples is not None else None
     converted = quantize(prepared, method, percentile)
     layers = layer_table(converted)
+    corrected = layer_report.bias_correct(fp32_graph, converted, report_samples) if bias_correction else None
     per_layer = None
     if fp32_graph is not None and report_samples is not None:
         per_layer = layer_report.per_layer_errors(fp32_graph, converted, [report_samples], layers)
@@ -243,6 +249,7 @@ def convert_model(
         "layers": [layer.to_dict() for layer in layers],
         "per_layer": per_layer,
         "search": search,
+        "bias_correction": corrected,
         "suggested_exclude": layer_report.suggestions(per_layer) if per_layer else [],
         # the same in every run with the same inputs, for both forms (the package's own bytes are not)
         "graph_sha256": engine.graph_digest(program),

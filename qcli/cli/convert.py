@@ -82,6 +82,13 @@ def convert_command(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="With --max-drop: stop searching after S seconds, e.g. 600.")
     ] = None,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="Shift each INT8 layer's bias by its mean output error on the calibration samples (static mode), e.g. --bias-correction.",
+        ),
+    ] = None,
     form: Annotated[
         Form | None,
         typer.Option(
@@ -143,6 +150,7 @@ def convert_command(
             eval_limit=eval_limit,
             max_trials=rec.option("convert", "max_trials", max_trials, 20),
             timeout=rec.option("convert", "timeout", timeout, None),
+            bias_correction=rec.option("convert", "bias_correction", bias_correction, False),
             package_batch_sizes=parse_batch_sizes(
                 rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
             ),
