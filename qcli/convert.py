@@ -36,12 +36,19 @@ class LayerQuant:
 
 
 DEFAULT_METHOD = "histogram"  # torch's HistogramObserver: its own least-L2 search over the histogram
-METHODS = (DEFAULT_METHOD, *ranges.METHODS)
+METHODS = (DEFAULT_METHOD, *ranges.METHODS, "auto")
 
 
-def apply_method(prepared: Prepared, method: str, percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+AUTO = "auto"
+
+
+def apply_method(
+    prepared: Prepared, method: str, percentile: float = 99.99, samples: tuple[Any, ...] | None = None
+) -> dict[str, tuple[float, float]]:
     """Fix every activation observer's range by ``method`` (see ``qcli.ranges``) from the
-    histogram it collected; returns observer name → chosen range. ``histogram`` keeps torch's."""
+    histogram it collected; returns observer name → chosen range. ``histogram`` keeps torch's;
+    ``auto`` picks, per tensor, the method whose range gives the consuming layers' outputs the
+    least error on ``samples`` (see ``auto_methods``)."""
     import functools
 
     import torch
@@ -49,6 +56,7 @@ def apply_method(prepared: Prepared, method: str, percentile: float = 99.99) -> 
     chosen: dict[str, tuple[float, float]] = {}
     if method == DEFAULT_METHOD or prepared.mode != "static":
         return chosen
+    candidates: dict[str, dict[str, tuple[float, float]]] = {}
     for name, obs in engine.observers(prepared.graph).items():
         histogram = getattr(obs, "histogram", None)
         if histogram is None or not hasattr(obs, "_calculate_qparams"):
@@ -56,12 +64,78 @@ def apply_method(prepared: Prepared, method: str, percentile: float = 99.99) -> 
         lo, hi = float(obs.min_val), float(obs.max_val)
         if not (lo <= hi) or histogram.sum() == 0:  # never observed (min=+inf): leave it to torch
             continue
-        a, b = ranges.choose_range(
-            method, histogram.double().numpy(), lo, hi, percentile, int(obs.quant_min), int(obs.quant_max)
-        )
-        chosen[name] = (a, b)
+        counts, qmin, qmax = histogram.double().numpy(), int(obs.quant_min), int(obs.quant_max)
+        methods = ranges.METHODS if method == AUTO else (method,)
+        candidates[name] = {m: ranges.choose_range(m, counts, lo, hi, percentile, qmin, qmax) for m in methods}
+    if method == AUTO:
+        if samples is None:
+            raise UnsupportedModel("--method auto needs calibration samples (calibrate again with this qcli)")
+        picks = auto_methods(prepared, candidates, samples)
+        chosen = {name: candidates[name][m] for name, m in picks.items()}
+    else:
+        chosen = {name: c[method] for name, c in candidates.items()}
+    modules = engine.observers(prepared.graph)
+    for name, (a, b) in chosen.items():
+        obs = modules[name]
         obs.calculate_qparams = functools.partial(obs._calculate_qparams, torch.tensor(a), torch.tensor(b))
     return chosen
+
+
+def auto_methods(
+    prepared: Prepared, candidates: dict[str, dict[str, tuple[float, float]]], samples: tuple[Any, ...]
+) -> dict[str, str]:
+    """For each observed tensor, the range method whose fake-quantized tensor (all else FP32) gives
+    the next conv/linear layers' outputs the least squared error against FP32 on ``samples``."""
+    import torch
+
+    from qcli import layers as layer_report
+
+    reference = layer_report.fp32_reference(prepared.graph)
+    nodes = {str(n.target): n for n in reference.graph.nodes if n.op == "call_module" and str(n.target) in candidates}
+
+    def consumers(node: Any) -> list[Any]:
+        found, todo, seen = [], list(node.users), set()
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if getattr(n.target, "_opname", None) in QUANTIZABLE_OPS:
+                found.append(n)
+            else:
+                todo.extend(n.users)
+        return found
+
+    def run(perturb: str | None, rng: tuple[float, float] | None, watch: list[Any]) -> list[Any]:
+        out: dict[Any, Any] = {}
+
+        class Perturbed(torch.fx.Interpreter):
+            def run_node(self, n: Any) -> Any:
+                result = super().run_node(n)
+                if perturb is not None and n.op == "call_module" and str(n.target) == perturb and rng is not None:
+                    scale, zp = ranges.qparams(*rng)
+                    result = torch.fake_quantize_per_tensor_affine(result, scale, zp, 0, 255)
+                if n in watch:
+                    out[n] = result.detach()
+                return result
+
+        with torch.no_grad(), engine.quiet():
+            Perturbed(reference).run(*samples)
+        return [out[n] for n in watch]
+
+    picks = {}
+    for name, options in candidates.items():
+        watch = consumers(nodes[name]) if name in nodes else []
+        if not watch:
+            picks[name] = min(options, key=lambda m: options[m][1] - options[m][0])  # nothing to measure: any
+            continue
+        ref = run(None, None, watch)
+        errors = {}
+        for m, rng in options.items():
+            got = run(name, rng, watch)
+            errors[m] = sum(float(((r - g) ** 2).mean()) for r, g in zip(ref, got, strict=True))
+        picks[name] = min(errors, key=lambda m: (errors[m], ranges.METHODS.index(m)))
+    return picks
 
 
 def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -84,8 +158,10 @@ def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tupl
     return tuple(chosen)
 
 
-def quantize(prepared: Prepared, method: str = DEFAULT_METHOD, percentile: float = 99.99) -> Any:
-    apply_method(prepared, method, percentile)
+def quantize(
+    prepared: Prepared, method: str = DEFAULT_METHOD, percentile: float = 99.99, samples: tuple[Any, ...] | None = None
+) -> Any:
+    apply_method(prepared, method, percentile, samples)
     return engine.convert_pt2e(prepared.graph)
 
 
@@ -210,7 +286,7 @@ def convert_model(
             "--bias-correction needs static mode and calibration samples (calibrate again with this qcli)"
         )
     fp32_graph = layer_report.fp32_reference(prepared.graph) if report_samples is not None else None
-    converted = quantize(prepared, method, percentile)
+    converted = quantize(prepared, method, percentile, report_samples)
     layers = layer_table(converted)
     corrected = layer_report.bias_correct(fp32_graph, converted, report_samples) if bias_correction else None
     per_layer = None

@@ -88,7 +88,7 @@ def search(
         trial_prepared = prepare(loaded, example, spec, mode, excluded)
         apply_stats(trial_prepared, stats, loaded.sha256, fill_from=samples)
         fp32_graph = layer_report.fp32_reference(trial_prepared.graph) if samples is not None else None
-        converted = quantize(trial_prepared, method, percentile)
+        converted = quantize(trial_prepared, method, percentile, samples)
         accuracy = evaluate_int8(converted)
         metric = accuracy.int8_top1 if accuracy.labeled else accuracy.top1_agreement
         return Trial(excluded, accuracy.drop, metric, time.monotonic() - t0, reason), (fp32_graph, converted)

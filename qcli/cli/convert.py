@@ -41,7 +41,7 @@ def convert_command(
         typer.Option(
             "--method",
             help="Activation ranges from the calibration histograms: histogram (torch's least-L2 search, default), "
-            "minmax, percentile, entropy (KL, as TensorRT) or mse, e.g. --method entropy.",
+            "minmax, percentile, entropy (KL, as TensorRT), mse, or auto (per tensor, the one whose next layer errs least), e.g. --method entropy.",
         ),
     ] = None,
     percentile: Annotated[

@@ -26,6 +26,7 @@ class Method(str, Enum):
     percentile = "percentile"
     entropy = "entropy"
     mse = "mse"
+    auto = "auto"
 
 
 class Form(str, Enum):
