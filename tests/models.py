@@ -50,3 +50,32 @@ class TinyEncoder(nn.Module):
 def tiny_encoder() -> TinyEncoder:
     torch.manual_seed(0)
     return TinyEncoder().eval()
+
+
+class ActivationZoo(nn.Module):
+    """Conv-BN-SiLU, Conv-BN-Hardswish, depthwise Conv-BN-ReLU6, then LayerNorm and GELU in a
+    Linear head: every activation family a modern CNN or transformer uses, on 1x28x28 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.SiLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.Hardswish(),
+            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+            nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Linear(64, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def activation_zoo() -> ActivationZoo:
+    torch.manual_seed(0)
+    model = ActivationZoo()
+    for m in model.modules():  # non-trivial batch-norm statistics, as a trained network has
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
