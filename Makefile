@@ -20,7 +20,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 test test-slow test-all fuzz lint typecheck bench-memory bench-startup bad-inputs-table train-demo clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 test test-slow test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
 
 install: $(STAMP)
 
@@ -91,13 +91,16 @@ bench: install
 		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html $(GATES)
 
 # the project's own benchmarks (not part of `make test`)
-benchmarks: bench-resnet18 bench-memory bench-startup
+benchmarks: bench-resnet18 bench-memory bench-calibration bench-startup
 
 bench-resnet18: install
 	$(BIN)/python benchmarks/resnet18.py
 
 bench-memory: install
 	$(BIN)/python benchmarks/memory.py
+
+bench-calibration: install
+	$(BIN)/python benchmarks/calibration.py
 
 bench-startup: install
 	$(BIN)/python benchmarks/startup.py
