@@ -157,13 +157,21 @@ def _accuracy(acc: dict[str, Any] | None) -> list[str]:
 
 
 def _per_layer(layers: list[dict[str, Any]] | None) -> list[str]:
-    """Per-layer SQNR, worst first, when the report carries it."""
+    """Per-layer output SQNR, worst first, when the report carries it."""
     if not layers:
         return []
     bars = [
-        (la["name"][-16:], max(0.0, la["sqnr_db"]), COLORS["int8"]) for la in layers if la.get("sqnr_db") is not None
+        (la["name"][-22:], max(0.0, la["output_sqnr_db"]), COLORS["int8"])
+        for la in layers
+        if la.get("output_sqnr_db") is not None
     ]
-    return ["<h2>Per-layer error</h2>", bar_chart("output SQNR per layer (higher is better)", bars, "dB", width=640)]
+    return [
+        "<h2>Per-layer error</h2>",
+        '<p class="sub">Each quantized layer\'s INT8 output against FP32 on calibration samples, worst first; '
+        "the figure includes the error earlier layers passed on. Layers under 20 dB are worth trying with "
+        "<code>--exclude</code>.</p>",
+        bar_chart("output SQNR per layer (higher is better)", bars, "dB", width=680),
+    ]
 
 
 def _sizes(report: dict[str, Any]) -> list[str]:

@@ -30,6 +30,19 @@ def test_the_page_is_self_contained(bench_run):
         assert section in html
 
 
+def test_per_layer_chart_when_the_report_has_it(bench_run):
+    import json
+
+    from qcli.report import html_report
+
+    report = json.loads(bench_run[1]["json"].read_text())
+    assert report["per_layer"], "the demo artifact carries a per-layer report"
+    html = html_report(report)
+    assert "Per-layer error" in html
+    worst = report["per_layer"][0]["name"]
+    assert f">{worst}</text>" in html and html.count("<rect") >= len(report["per_layer"]) + 5
+
+
 def test_bar_chart_scales_and_escapes():
     svg = bar_chart("a <b>", [("x&y", 2.0, "#000"), ("z", 1.0, "#111")], "ms", width=300)
     widths = [float(w) for w in re.findall(r'<rect x="\d+" y="[\d.]+" width="([\d.]+)"', svg)]
