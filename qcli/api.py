@@ -118,6 +118,7 @@ def convert_model_file(
     max_trials: int = 20,
     timeout: float | None = None,
     bias_correction: bool = False,
+    weights: str = "per-channel",
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
@@ -158,7 +159,7 @@ def convert_model_file(
         saved: Stats = load_stats(stats)
         spec = infer_input_spec(loaded.module)
         check_stats(saved, loaded.sha256, options.mode)
-        prepared = prepare(loaded, saved.example(), spec, options.mode, excluded)
+        prepared = prepare(loaded, saved.example(), spec, options.mode, excluded, weights)
         report_samples = saved.samples()
         apply_stats(prepared, saved, loaded.sha256, fill_from=report_samples)
         calibration = {
@@ -177,6 +178,7 @@ def convert_model_file(
             batch_size=options.batch_size,
             limit=options.limit,
             exclude=excluded,
+            weights=weights,
             track=track,
         )
         prepared, calibration, report_samples = result.prepared, result.manifest, result.samples
@@ -198,7 +200,7 @@ def convert_model_file(
             percentile,
         )
         if searched.best.excluded != excluded:
-            best = prepare(loaded, prepared.example, prepared.spec, prepared.mode, searched.best.excluded)
+            best = prepare(loaded, prepared.example, prepared.spec, prepared.mode, searched.best.excluded, weights)
             from qcli.search import snapshot
 
             apply_stats(best, snapshot(prepared, loaded), loaded.sha256, fill_from=report_samples)
@@ -212,6 +214,7 @@ def convert_model_file(
             "percentile": percentile if method == "percentile" else None,
             "exclude": list(excluded) or None,
             "bias_correction": bias_correction,
+            "weights": weights,
             "form": form,
             "package_batch_sizes": package_batch_sizes,
         },

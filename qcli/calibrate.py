@@ -32,6 +32,7 @@ class Prepared:
     example: tuple[Any, ...]
     spec: InputSpec
     mode: str
+    weights: str = "per-channel"
 
     def run(self, batch: Batch) -> Any:
         return self.graph(*args_for(batch.inputs, self.spec))
@@ -55,7 +56,12 @@ def example_from(batch: Batch, spec: InputSpec) -> tuple[Any, ...]:
 
 
 def prepare(
-    loaded: LoadedModel, example: tuple[Any, ...], spec: InputSpec, mode: str = "static", exclude: tuple[str, ...] = ()
+    loaded: LoadedModel,
+    example: tuple[Any, ...],
+    spec: InputSpec,
+    mode: str = "static",
+    exclude: tuple[str, ...] = (),
+    weights: str = "per-channel",
 ) -> Prepared:
     """Export and insert observers; modules named in ``exclude`` stay FP32."""
     import torch
@@ -69,7 +75,7 @@ def prepare(
             "the result would silently be FP32; pass the state dict with --arch instead"
         )
     program = engine.export(loaded.module, example, spec.names)
-    return Prepared(engine.prepare_pt2e(program.module(), mode, exclude), example, spec, mode)
+    return Prepared(engine.prepare_pt2e(program.module(), mode, exclude, weights), example, spec, mode, weights)
 
 
 def observe(prepared: Prepared, batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -286,6 +292,7 @@ def calibrate(
     batch_size: int = 32,
     limit: int | None = None,
     exclude: tuple[str, ...] = (),
+    weights: str = "per-channel",
     track: Any = identity_track,
 ) -> Calibration:
     """Export the model with the first sample's shape, then stream the folder through observers.
@@ -302,7 +309,7 @@ def calibrate(
     batches = folder.batches(spec, batch_size, limit)
     first = next(batches)
     check_dtypes(first, spec)
-    prepared = prepare(loaded, example_from(first, spec), spec, mode, exclude)
+    prepared = prepare(loaded, example_from(first, spec), spec, mode, exclude, weights)
     total = min(limit, len(folder.files)) if limit else len(folder.files)
     used: list[str] = []
     kept: list[tuple[Any, ...]] = []

@@ -123,6 +123,7 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "max_drop": (int, float),
         "max_trials": int,
         "bias_correction": bool,
+        "weights": str,
         "timeout": (int, float),
     },
     "bench": {

@@ -184,11 +184,15 @@ def layer_table(converted: Any) -> list[LayerQuant]:
         if op not in QUANTIZABLE_OPS:
             continue
         x, w = node.args[0], node.args[1]
-        wq = w if getattr(w, "target", None) is not None and "dequantize_per_channel" in str(w.target) else None
-        scale = None
+        target = str(getattr(w, "target", ""))
+        wq = w if "dequantize_per_channel" in target or "dequantize_per_tensor" in target else None
+        scale: Any = None
         if wq is not None:
             scale_node = wq.args[1]
-            scale = getattr(converted, str(scale_node.target)) if scale_node.op == "get_attr" else None
+            if isinstance(scale_node, float):  # per-tensor weights: the scale is a constant
+                scale = torch.tensor([scale_node])
+            elif scale_node.op == "get_attr":
+                scale = getattr(converted, str(scale_node.target))
         xq = x if "dequantize_per_tensor" in str(getattr(x, "target", "")) else None
         in_scale = xq.args[1] if xq is not None and isinstance(xq.args[1], float) else None
         in_zp = xq.args[2] if xq is not None and isinstance(xq.args[2], int) else None

@@ -65,16 +65,45 @@ def first_row_repeated(tensors: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
     return tuple(t[:1].repeat(batch, *([1] * (t.ndim - 1))) for t in tensors)
 
 
-def quantizer(mode: str, exclude: tuple[str, ...] = ()) -> Any:
-    """X86 Inductor quantizer: per-channel symmetric INT8 weights; activations static or dynamic.
-    Modules named in ``exclude`` (and everything inside them) stay FP32."""
+WEIGHTS = ("per-channel", "per-tensor")
+
+
+def quantizer(mode: str, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
+    """X86 Inductor quantizer: symmetric INT8 weights, per channel (default) or per tensor;
+    activations static or dynamic. Modules named in ``exclude`` (and everything inside them) stay FP32.
+
+    Asymmetric INT8 weights are not offered: torchao's X86 quantizer rejects such a weight spec
+    ("Unsupported quantization_spec"), as its oneDNN kernels take symmetric weights.
+    """
     if mode not in MODES:
         raise UnsupportedModel(f"mode '{mode}' is not supported (use {' or '.join(MODES)})")
+    if weights not in WEIGHTS:
+        raise UnsupportedModel(
+            f"--weights {weights} is not supported (use {' or '.join(WEIGHTS)}); asymmetric INT8 weights are "
+            "rejected by the X86 quantizer, whose kernels take symmetric weights"
+        )
     with quiet():
+        import torch
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
+        config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic")
+        if weights == "per-tensor":
+            from torchao.quantization.pt2e.observer import MinMaxObserver
+            from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+            spec = QuantizationSpec(
+                dtype=torch.int8,
+                quant_min=-128,
+                quant_max=127,
+                qscheme=torch.per_tensor_symmetric,
+                is_dynamic=False,
+                observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12),
+            )
+            config = QuantizationConfig(
+                config.input_activation, config.output_activation, spec, config.bias, config.is_qat
+            )
         q = xiq.X86InductorQuantizer()
-        q.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic"))
+        q.set_global(config)
         for name in exclude:
             q.set_module_name_qconfig(name, None)
     return q
@@ -120,12 +149,12 @@ def _root(parent: dict[Any, Any], node: Any) -> Any:
     return node
 
 
-def prepare_pt2e(graph: Any, mode: str, exclude: tuple[str, ...] = ()) -> Any:
+def prepare_pt2e(graph: Any, mode: str, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
     split_reused_modules(graph)
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as _prepare
 
-        return _prepare(graph, quantizer(mode, exclude))
+        return _prepare(graph, quantizer(mode, exclude, weights))
 
 
 def convert_pt2e(prepared: Any) -> Any:

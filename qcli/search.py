@@ -85,7 +85,7 @@ def search(
 
     def run_trial(excluded: tuple[str, ...], reason: str) -> tuple[Trial, Any]:
         t0 = time.monotonic()
-        trial_prepared = prepare(loaded, example, spec, mode, excluded)
+        trial_prepared = prepare(loaded, example, spec, mode, excluded, prepared.weights)
         apply_stats(trial_prepared, stats, loaded.sha256, fill_from=samples)
         fp32_graph = layer_report.fp32_reference(trial_prepared.graph) if samples is not None else None
         converted = quantize(trial_prepared, method, percentile, samples)

@@ -250,6 +250,12 @@ CASES: list[Case] = [
         "'magic' is not one of",
     ),
     Case(
+        "asymmetric weights asked for",
+        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--weights", "asymmetric"],
+        1,
+        "symmetric weights",
+    ),
+    Case(
         "output folder not writable",
         lambda d: ["calibrate", weights(d), calib(d), "-o", "/proc/stats.safetensors", *ARCH],
         1,

@@ -298,3 +298,20 @@ def test_every_activation_family_quantizes_with_fidelity(mnist_preprocess, eval_
         ref, out = module(x), converted(x)
     assert metrics.sqnr_db(*metrics.power_sums(ref, out)) > 25
     assert metrics.top1_agreement_hits(ref, out) >= 196
+
+
+def test_per_tensor_weights(demo_stats, demo_model, eval_batch):
+    """--weights per-tensor: one scale per weight tensor, still symmetric INT8, still accurate."""
+    from qcli.calibrate import apply_stats, prepare
+    from qcli.convert import layer_table, quantize
+    from qcli.metrics import topk_hits
+
+    stats, spec = demo_stats
+    prepared = prepare(demo_model, stats.example(), spec, weights="per-tensor")
+    apply_stats(prepared, stats, demo_model.sha256, fill_from=stats.samples())  # weight observers differ
+    converted = quantize(prepared)
+    table = layer_table(converted)
+    assert all(la.quantized and la.weight_scale_min == la.weight_scale_max for la in table)
+    x, labels = eval_batch
+    with torch.no_grad():
+        assert topk_hits(converted(x), labels, 1) >= topk_hits(demo_model.module(x), labels, 1) - 4

@@ -89,6 +89,14 @@ def convert_command(
             help="Shift each INT8 layer's bias by its mean output error on the calibration samples (static mode), e.g. --bias-correction.",
         ),
     ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            help="INT8 weight scales: per-channel (default) or per-tensor (symmetric; in torch 2.13 per-tensor "
+            "weights miss the fused INT8 kernels and run slower), e.g. --weights per-tensor.",
+        ),
+    ] = None,
     form: Annotated[
         Form | None,
         typer.Option(
@@ -151,6 +159,7 @@ def convert_command(
             max_trials=rec.option("convert", "max_trials", max_trials, 20),
             timeout=rec.option("convert", "timeout", timeout, None),
             bias_correction=rec.option("convert", "bias_correction", bias_correction, False),
+            weights=rec.option("convert", "weights", weights, "per-channel"),
             package_batch_sizes=parse_batch_sizes(
                 rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
             ),
