@@ -143,7 +143,9 @@ def bias_correct(fp32_graph: Any, int8_graph: Any, samples: tuple[Any, ...]) -> 
             continue
         _, y_ref = reference[key]
         _, y_q = _record(int8_graph, samples, {key: node})[key]
-        dims = [d for d in range(y_ref.dim()) if d != 1] if y_ref.dim() > 2 else [0]
+        # channels: dim 1 of a convolution's output, the last dim of a linear's ([..., out_features])
+        channel = y_ref.dim() - 1 if getattr(node.target, "_opname", "") == "linear" else 1
+        dims = [d for d in range(y_ref.dim()) if d != channel]
         delta = (y_ref.float() - y_q.float()).mean(dim=dims)
         tensor = _attr(int8_graph, str(bias.target))
         if tensor.shape != delta.shape:

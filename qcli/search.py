@@ -83,18 +83,19 @@ def search(
     stats = snapshot(prepared, loaded)
     example, spec, mode = prepared.example, prepared.spec, prepared.mode
 
-    def run_trial(excluded: tuple[str, ...], reason: str) -> tuple[Trial, Any]:
+    def run_trial(excluded: tuple[str, ...], reason: str, keep_reference: bool = False) -> tuple[Trial, Any]:
         t0 = time.monotonic()
         trial_prepared = prepare(loaded, example, spec, mode, excluded, prepared.weights)
         apply_stats(trial_prepared, stats, loaded.sha256, fill_from=samples)
-        fp32_graph = layer_report.fp32_reference(trial_prepared.graph) if samples is not None else None
+        keep = keep_reference and samples is not None  # only the first trial's graphs rank the layers
+        fp32_graph = layer_report.fp32_reference(trial_prepared.graph) if keep else None
         converted = quantize(trial_prepared, method, percentile, samples)
         accuracy = evaluate_int8(converted)
         metric = accuracy.int8_top1 if accuracy.labeled else accuracy.top1_agreement
         return Trial(excluded, accuracy.drop, metric, time.monotonic() - t0, reason), (fp32_graph, converted)
 
     first, (fp32_graph, converted) = run_trial(
-        user_excluded, "every layer INT8" if not user_excluded else "your --exclude"
+        user_excluded, "every layer INT8" if not user_excluded else "your --exclude", keep_reference=True
     )
     result = SearchResult(best=first, trials=[first])
     if first.drop <= max_drop:

@@ -315,3 +315,24 @@ def test_per_tensor_weights(demo_stats, demo_model, eval_batch):
     x, labels = eval_batch
     with torch.no_grad():
         assert topk_hits(converted(x), labels, 1) >= topk_hits(demo_model.module(x), labels, 1) - 4
+
+
+def test_bias_correction_of_a_linear_over_tokens():
+    """A Linear on [batch, tokens, features] has its channels last: it is corrected per output feature."""
+    from qcli import demo, layers
+    from qcli.calibrate import prepare
+    from qcli.convert import quantize
+    from qcli.data import InputSpec
+    from qcli.load import LoadedModel
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8)).eval()
+    loaded = LoadedModel(module=module, path=demo.WEIGHTS, format="safetensors", sha256="0" * 64, size_bytes=0)
+    x = torch.randn(16, 5, 24)
+    prepared = prepare(loaded, (x[:2],), InputSpec(("x",), (3,)))
+    with torch.no_grad():
+        prepared.graph(x)
+    fp32 = layers.fp32_reference(prepared.graph)
+    converted = quantize(prepared)
+    changes = layers.bias_correct(fp32, converted, (x,))
+    assert [c["name"] for c in changes] == ["0", "2"]
