@@ -77,7 +77,7 @@ def residual_model_file(tmp_path_factory) -> tuple[Path, Path]:
     return root / "model.pt", calib
 
 
-def run_qcli(*args, cwd=None, env=None):
+def run_qcli(*args, cwd=None, env=None, timeout=900):
     """The real entry point in a subprocess (tests/ on PYTHONPATH for --arch models:...)."""
     import subprocess
     import sys
@@ -89,7 +89,7 @@ def run_qcli(*args, cwd=None, env=None):
         text=True,
         cwd=cwd,
         env=full_env,
-        timeout=900,
+        timeout=timeout,
     )
 
 

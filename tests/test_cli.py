@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_qcli
 
 from qcli import demo
 
@@ -16,15 +17,7 @@ ARCH = ["--arch", demo.ARCH]
 
 
 def qcli(*args, cwd=None, env=None):
-    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "qcli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=600,
-    )
+    return run_qcli(*args, cwd=cwd, env=env, timeout=600)
 
 
 def one_line_error(proc):
