@@ -344,12 +344,18 @@ def bench_model(
         if threads <= 0:
             raise QcliError(f"--threads must be positive, not {threads}")
         torch.set_num_threads(threads)
+    if eval_dir is not None:  # a bad pairs.csv fails now, not after minutes of compiling
+        from qcli.data import read_pairs
+
+        read_pairs(SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder"))
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
         if artifact_path is None:
             if calib_dir is None:
                 raise QcliError("pass an INT8 artifact to compare with, or --calib-dir to quantize the model first")
             artifact_path = workdir / "int8.pt2"
+            # a package runs one sequence length; the program any length seen in calibration
+            sequence = infer_input_spec(load_model(model, arch).module).sequence
             convert_model_file(
                 model,
                 artifact_path,
@@ -357,6 +363,7 @@ def bench_model(
                 arch=arch,
                 recipe=recipe,
                 package_batch_sizes=batch_sizes,
+                form="program" if sequence else "package",
                 track=track,
             )
         meta = read_metadata(artifact_path)

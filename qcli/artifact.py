@@ -65,13 +65,20 @@ def write_package(
 
     models = {str(b): package_model_name(b, i == 0) for i, b in enumerate(batch_sizes)}
     meta = {**metadata, "form": "package", "cpu_capability": hardware.capability(), "package_models": models}
+    # each model is compiled for the example's shape: a sequence dimension is fixed to its length
+    meta["inputs"] = [
+        {**item, "shape": ["batch", *t.shape[1:]]}
+        for item, t in zip(metadata.get("inputs") or [], example, strict=False)
+    ]
     files: dict[str, Any] = {}
     with atomic_output(path) as tmp, torch.no_grad(), engine.quiet():
         for b in batch_sizes:
             args = engine.first_row_repeated(example, b)
             program = torch.export.export(graph, args)
+            module = program.module()
+            engine.strip_shape_asserts(module)
             files[models[str(b)]] = torch._inductor.aot_compile(
-                program.module(),
+                module,
                 args,
                 options={
                     "aot_inductor.package": True,
@@ -138,10 +145,42 @@ class Artifact:
         return str(self.metadata["form"])
 
     def run(self, *inputs: Any) -> Any:
+        self.check_inputs(inputs)
         out = self.runner(*inputs)
         if isinstance(out, (list, tuple)) and len(out) == 1:
             return out[0]
         return out
+
+    def check_inputs(self, inputs: tuple[Any, ...]) -> None:
+        """Refuse inputs of a shape the artifact was not made for, naming what it takes. A ``seq``
+        dimension takes the lengths seen in calibration (``calibration.sequence_lengths``); a
+        package records the one length it was compiled for."""
+        specs = self.metadata.get("inputs") or []
+        lengths = (self.metadata.get("calibration") or {}).get("sequence_lengths")
+        for spec, tensor in zip(specs, inputs, strict=False):
+            want, got = spec.get("shape", [])[1:], list(getattr(tensor, "shape", []))[1:]
+            ok = len(want) == len(got)
+            for w, g in zip(want, got, strict=False):
+                if w == "seq":
+                    lo, hi = lengths or (g, g)
+                    ok = ok and lo <= g <= hi
+                elif isinstance(w, int):
+                    ok = ok and w == g
+            if not ok:
+                takes = [
+                    ("seq " + (f"{lengths[0]}..{lengths[1]}" if lengths else "any")) if w == "seq" else w for w in want
+                ]
+                raise ArtifactError(
+                    f"artifact '{self.path}' input '{spec.get('name')}' takes shape [batch, "
+                    f"{', '.join(map(str, takes))}] but got {list(tensor.shape)}"
+                    + (
+                        "; sequence lengths outside those seen in calibration were never checked: calibrate "
+                        "with samples of these lengths"
+                        if "seq" in want
+                        else ""
+                    ),
+                    path=self.path,
+                )
 
 
 def split_batch(batch: int, sizes_desc: list[int]) -> list[int] | None:
@@ -205,7 +244,9 @@ def load_artifact(path: Path) -> Artifact:
     # static shapes: recompiling this frozen INT8 graph with a dynamic batch (the default on the
     # second batch size) generates code that asserts wrong strides in torch 2.13; each new batch
     # size compiles once (a few seconds) instead
-    compiled = torch.compile(program.module(), dynamic=False)
+    module = program.module()
+    engine.strip_shape_asserts(module)
+    compiled = torch.compile(module, dynamic=False)
 
     def run(*inputs: Any) -> Any:
         with torch.no_grad(), engine.quiet():

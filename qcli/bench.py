@@ -91,10 +91,17 @@ def compile_fp32_package(
 ) -> tuple[Callable[..., Any], int]:
     """The FP32 model compiled exactly like the INT8 artifact (export, AOTInductor package with
     frozen weights under no_grad, one model per batch size); returns its runner and file size."""
+    import torch
+
     from qcli.artifact import base_metadata, load_artifact, write_package
     from qcli.convert import protect_inputs
+    from qcli.data import infer_input_spec
 
-    graph = engine.export(module, example, names).module()
+    if isinstance(module, torch.jit.ScriptModule):
+        from qcli.torchscript import to_module
+
+        module = to_module(module, example, "model")
+    graph = engine.export(module, example, names, sequence=infer_input_spec(module).sequence).module()
     protect_inputs(graph)
     path = workdir / "fp32.pt2"
     write_package(graph, example, path, {**base_metadata(), "mode": "fp32"}, batch_sizes)

@@ -33,6 +33,7 @@ class Prepared:
     spec: InputSpec
     mode: str
     weights: str = "per-channel"
+    exclude: tuple[str, ...] = ()  # modules kept FP32 (dynamic/weight-only apply it at conversion)
 
     def run(self, batch: Batch) -> Any:
         return self.graph(*args_for(batch.inputs, self.spec))
@@ -63,19 +64,24 @@ def prepare(
     exclude: tuple[str, ...] = (),
     weights: str = "per-channel",
 ) -> Prepared:
-    """Export and insert observers; modules named in ``exclude`` stay FP32."""
+    """Export and insert observers; modules named in ``exclude`` stay FP32.
+
+    TorchScript is first turned into an equivalent module (``qcli.torchscript``). Dynamic and
+    weight-only modes insert no observers: their graph is the exported FP32 model, rewritten at
+    conversion (``qcli.dynamic``).
+    """
     import torch
 
-    if isinstance(loaded.module, torch.jit.ScriptModule):
-        from qcli.errors import UnsupportedModel
+    module = loaded.module
+    if isinstance(module, torch.jit.ScriptModule):
+        from qcli import torchscript
 
-        raise UnsupportedModel(
-            f"'{loaded.path}' is TorchScript, which qcli cannot quantize yet: torch.export's "
-            "TorchScript converter emits aten.convolution, which the X86 quantizer leaves in FP32, so "
-            "the result would silently be FP32; pass the state dict with --arch instead"
-        )
-    program = engine.export(loaded.module, example, spec.names)
-    return Prepared(engine.prepare_pt2e(program.module(), mode, exclude, weights), example, spec, mode, weights)
+        module = torchscript.to_module(module, example, loaded.path)
+    program = engine.export(module, example, spec.names, sequence=spec.sequence)
+    if mode != "static":
+        return Prepared(program.module(), example, spec, mode, weights, exclude)
+    observed = engine.prepare_pt2e(program.module(), mode, exclude, weights)
+    return Prepared(observed, example, spec, mode, weights, exclude)
 
 
 def observe(prepared: Prepared, batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -263,6 +269,8 @@ SAMPLE_PREFIX = "qcli.sample."
 
 def keep_samples(kept: list[tuple[Any, ...]], args: tuple[Any, ...]) -> None:
     """Append a batch's rows to ``kept`` until REPORT_SAMPLES rows (and at most 16 MiB) are kept."""
+    if kept and any(k.shape[1:] != a.shape[1:] for k, a in zip(kept[0], args, strict=True)):
+        return  # another sequence length: the kept samples stack into one batch
     have = sum(int(a[0].shape[0]) for a in kept)
     room = REPORT_SAMPLES - have
     size = sum(t.element_size() * t[:1].numel() for t in args)
@@ -313,12 +321,17 @@ def calibrate(
     total = min(limit, len(folder.files)) if limit else len(folder.files)
     used: list[str] = []
     kept: list[tuple[Any, ...]] = []
+    lengths: set[int] = set()
     for batch in track(observe(prepared, chain([first], batches)), total):
         used.extend(batch.files)
-        keep_samples(kept, args_for(batch.inputs, spec))
+        args = args_for(batch.inputs, spec)
+        keep_samples(kept, args)
+        if spec.sequence and args[0].ndim >= 2:
+            lengths.add(int(args[0].shape[1]))
+    seq = {"sequence_lengths": [min(lengths), max(lengths)]} if lengths else {}
     return Calibration(
         prepared,
-        {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit},
+        {**folder.manifest(used), "samples": len(used), "batch_size": batch_size, "limit": limit, **seq},
         stack_samples(kept),
     )
 

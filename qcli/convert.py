@@ -161,6 +161,16 @@ def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tupl
 def quantize(
     prepared: Prepared, method: str = DEFAULT_METHOD, percentile: float = 99.99, samples: tuple[Any, ...] | None = None
 ) -> Any:
+    """The INT8 graph: PT2E conversion of the observed graph (static), or linear layers rewritten
+    to INT8 kernels in plain torch ops (dynamic, weight-only; ``qcli.dynamic``)."""
+    if prepared.mode != "static":
+        import copy
+
+        from qcli import dynamic
+
+        with engine.quiet():  # deepcopy of an exported module warns about pytree internals
+            graph = copy.deepcopy(prepared.graph)
+        return dynamic.rewrite(graph, prepared.mode, prepared.exclude, module_name)
     apply_method(prepared, method, percentile, samples)
     return engine.convert_pt2e(prepared.graph)
 
@@ -178,8 +188,18 @@ def layer_table(converted: Any) -> list[LayerQuant]:
     """One entry per convolution/linear op of the converted graph, quantized or not."""
     import torch
 
+    from qcli import dynamic
+
     layers = []
     for node in converted.graph.nodes:
+        if dynamic.is_rewritten(node):
+            scale = getattr(converted, str(node.args[2].target))
+            layers.append(
+                LayerQuant(
+                    module_name(node), "Linear", True, "int8", float(scale.min()), float(scale.max()), None, None
+                )
+            )
+            continue
         op = getattr(node.target, "_opname", None) if node.op == "call_function" else None
         if op not in QUANTIZABLE_OPS:
             continue
@@ -210,7 +230,8 @@ def layer_table(converted: Any) -> list[LayerQuant]:
         )
     if not any(layer.quantized for layer in layers):
         raise UnsupportedModel(
-            "no layer was quantized (qcli quantizes Conv2d and Linear layers; dynamic mode only Linear); "
+            "no layer was quantized (qcli quantizes Conv2d and Linear layers; dynamic and weight-only modes only "
+            "Linear layers with stored weights); "
             "the artifact would be FP32, so none was written"
         )
     return layers
@@ -249,6 +270,24 @@ def finalize(converted: Any) -> Any:
     prune_unused(converted)
     protect_inputs(converted)
     return converted
+
+
+def input_specs(program: Any, prepared: Prepared) -> list[dict[str, Any]]:
+    """Name, shape and dtype of each input; ``batch`` and ``seq`` name the dimensions the program
+    leaves dynamic (``seq``: dimension 1 of a sequence model's inputs)."""
+    import torch
+
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    user = [n for n in placeholders if n.name in set(program.graph_signature.user_inputs)]
+    specs = []
+    for name, node, t in zip(prepared.spec.names, user, prepared.example, strict=False):
+        val = node.meta.get("val")
+        shape: list[Any] = ["batch"]
+        for i, size in enumerate(t.shape[1:], start=1):
+            dynamic = val is not None and isinstance(val.shape[i], torch.SymInt)
+            shape.append("seq" if dynamic and i == 1 else int(size))
+        specs.append({"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")})
+    return specs
 
 
 @dataclass
@@ -300,7 +339,7 @@ def convert_model(
         outs = converted(*prepared.example)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
     graph = finalize(converted)
-    program = engine.export(graph, prepared.example, prepared.spec.names)
+    program = engine.export(graph, prepared.example, prepared.spec.names, sequence=prepared.spec.sequence)
     metadata = {
         **base_metadata(),
         "mode": prepared.mode,
@@ -315,10 +354,7 @@ def convert_model(
             "parameters": loaded.num_parameters,
             "size_bytes": loaded.size_bytes,
         },
-        "inputs": [
-            {"name": n, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
-            for n, t in zip(prepared.spec.names, prepared.example, strict=False)
-        ],
+        "inputs": input_specs(program, prepared),
         "outputs": [
             {"shape": ["batch", *o.shape[1:]], "dtype": str(o.dtype).replace("torch.", "")}
             for o in outs

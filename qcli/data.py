@@ -38,6 +38,12 @@ class InputSpec:
     def single(self) -> str:
         return self.names[0]
 
+    @property
+    def sequence(self) -> bool:
+        """No convolution in front: inputs are sequences (token ids, masks, features) whose
+        dimension 1 may vary from sample to sample."""
+        return self.ranks[0] is None
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -129,15 +135,19 @@ class SampleFolder:
                     return
 
     def batches(self, spec: InputSpec, batch_size: int = 32, limit: int | None = None) -> Iterator[Batch]:
-        """Stack samples into batches; every sample must match the first one's names and shapes."""
+        """Stack samples into batches; every sample must match the first one's names and shapes.
+
+        For sequence models (``spec.sequence``) samples may differ in length (their first
+        dimension): samples are grouped by length, so each batch has one length.
+        """
         import torch
 
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, not {batch_size}")
         first: dict[str, tuple[tuple[int, ...], Any]] | None = None
-        pending: list[tuple[Path, dict[str, Any]]] = []
+        groups: dict[Any, list[tuple[Path, dict[str, Any]]]] = {}  # one per sequence length
 
-        def flush() -> Batch:
+        def flush(pending: list[tuple[Path, dict[str, Any]]]) -> Batch:
             inputs = {name: torch.stack([s[name] for _, s in pending]) for name in pending[0][1]}
             labels = None
             if self.labeled:
@@ -148,19 +158,21 @@ class SampleFolder:
             layout = {name: (tuple(t.shape), t.dtype) for name, t in sample.items()}
             if first is None:
                 first = layout
-            elif layout != first:
+            elif layout != first and not (spec.sequence and _same_but_length(layout, first)):
                 raise DataError(
                     f"sample '{self._rel(path)}' has {_describe(layout)} but the first sample had "
                     f"{_describe(first)}; make all samples the same size and type (for images set resize "
                     "and center_crop in the config)",
                     path=path,
                 )
+            key = tuple(sorted((name, shape) for name, (shape, _) in layout.items()))
+            pending = groups.setdefault(key, [])
             pending.append((path, sample))
             if len(pending) == batch_size:
-                yield flush()
-                pending = []
-        if pending:
-            yield flush()
+                yield flush(pending)
+                del groups[key]
+        for pending in groups.values():
+            yield flush(pending)
 
     def manifest(self, used: Iterable[str]) -> dict[str, Any]:
         """Name and SHA-256 of each file used, in order: what a result was computed from."""
@@ -173,6 +185,13 @@ class SampleFolder:
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+
+def _same_but_length(a: dict[str, tuple[tuple[int, ...], Any]], b: dict[str, tuple[tuple[int, ...], Any]]) -> bool:
+    """Same input names, dtypes and ranks, and shapes that differ only in the first dimension."""
+    if a.keys() != b.keys():
+        return False
+    return all(a[k][1] == b[k][1] and len(a[k][0]) == len(b[k][0]) >= 1 and a[k][0][1:] == b[k][0][1:] for k in a)
 
 
 def _describe(layout: dict[str, tuple[tuple[int, ...], Any]]) -> str:
@@ -376,3 +395,44 @@ def infer_input_spec(module: Any) -> InputSpec:
             break
     ranks = tuple([rank] + [None] * (len(names) - 1))
     return InputSpec(tuple(names), ranks, channels)
+
+
+PAIRS_FILE = "pairs.csv"
+
+
+def read_pairs(folder: SampleFolder) -> list[tuple[str, str, float]] | None:
+    """The scored pairs of an embedding evaluation folder, or ``None`` when it has no ``pairs.csv``.
+
+    ``pairs.csv`` has the header ``a,b,score``; ``a`` and ``b`` are sample files of the folder
+    (relative paths), each holding one sample; ``score`` is a human similarity judgement (any
+    scale: only its ranking is used).
+    """
+    import csv
+
+    path = folder.root / PAIRS_FILE
+    if not path.is_file():
+        return None
+    known = {folder._rel(p) for p in folder.files}
+    pairs = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            if rows.fieldnames is None or not {"a", "b", "score"} <= set(rows.fieldnames):
+                raise DataError(f"'{path}' must start with the header a,b,score", path=path)
+            for line, row in enumerate(rows, start=2):
+                a, b, score = (row.get("a") or "").strip(), (row.get("b") or "").strip(), row.get("score")
+                for name in (a, b):
+                    if name not in known:
+                        raise DataError(f"'{path}' line {line}: '{name}' is not a sample file of the folder", path=path)
+                try:
+                    value = float(score or "")
+                except ValueError:
+                    raise DataError(f"'{path}' line {line}: score '{score}' is not a number", path=path) from None
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise DataError(f"'{path}' line {line}: score '{score}' is not a finite number", path=path)
+                pairs.append((a, b, value))
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not UTF-8 text", path=path) from None
+    if len(pairs) < 2:
+        raise DataError(f"'{path}' needs at least two scored pairs for a rank correlation", path=path)
+    return pairs

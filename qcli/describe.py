@@ -12,7 +12,7 @@ from qcli.files import sha256_file
 from qcli.load import AOTI_PACKAGE, TORCHSCRIPT, ArchSpec, detect_format, is_qcli_artifact, load_model
 
 SCHEMA_VERSION = 1
-QUANTIZED_TYPES = {"static": ("Conv2d", "Linear"), "dynamic": ("Linear",)}
+QUANTIZED_TYPES = {"static": ("Conv1d", "Conv2d", "Conv3d", "Linear"), "dynamic": ("Linear",)}
 
 
 def describe(path: Path, arch: ArchSpec | None = None) -> dict[str, Any]:
@@ -26,6 +26,19 @@ def describe(path: Path, arch: ArchSpec | None = None) -> dict[str, Any]:
 def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
     loaded = load_model(path, arch)
     spec = infer_input_spec(loaded.module)
+    notes = []
+    quantizable = True
+    if loaded.format == TORCHSCRIPT:
+        from qcli.torchscript import WHAT_TO_DO, problems
+
+        found = problems(loaded.module)
+        quantizable = not found
+        notes.append(
+            "TorchScript that qcli can quantize: it is converted to a graph (TS2EPConverter) whose "
+            "convolutions, batch norms and linears become modules again, then quantized like a state dict"
+            if quantizable
+            else f"this TorchScript cannot be quantized: {'; '.join(found)}; {WHAT_TO_DO}"
+        )
     layers = []
     for name, module in loaded.module.named_modules():
         own = list(module.named_parameters(recurse=False))
@@ -41,15 +54,9 @@ def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
                 "folded": folded,
                 "weight_shape": list(weight.shape) if weight is not None else None,
                 "parameters": sum(p.numel() for _, p in own),
-                "quantized_static": kind in QUANTIZED_TYPES["static"] and loaded.format != TORCHSCRIPT,
-                "quantized_dynamic": kind in QUANTIZED_TYPES["dynamic"] and loaded.format != TORCHSCRIPT,
+                "quantized_static": kind in QUANTIZED_TYPES["static"] and quantizable,
+                "quantized_dynamic": kind in QUANTIZED_TYPES["dynamic"] and quantizable,
             }
-        )
-    notes = []
-    if loaded.format == TORCHSCRIPT:
-        notes.append(
-            "TorchScript cannot be quantized by qcli yet (its exported form is not annotated by the X86 "
-            "quantizer); quantize the state dict with --arch instead"
         )
     return {
         "schema_version": SCHEMA_VERSION,
@@ -66,6 +73,7 @@ def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
         ],
         "layers": layers,
         "quantizable_layers": sum(1 for la in layers if la["quantized_static"]),
+        "quantizable": quantizable,
         "notes": notes,
         "cpu": hardware.explain(),
     }

@@ -152,6 +152,9 @@ def _accuracy(acc: dict[str, Any] | None) -> list[str]:
         ["SQNR dB", _fmt(acc.get("sqnr_db"), 1)],
         ["cosine", _fmt(acc.get("cosine"), 4)],
     ]
+    if acc.get("pairs"):
+        rows.append([f"FP32 Spearman ({acc['pairs']} pairs)", _fmt(acc.get("fp32_spearman"), 4)])
+        rows.append([f"INT8 Spearman ({acc['pairs']} pairs)", _fmt(acc.get("int8_spearman"), 4)])
     title = "Accuracy" if acc.get("labeled") else "Fidelity to FP32 (unlabeled samples)"
     return [f"<h2>{title}</h2>", f'<div class="charts">{"".join(charts)}</div>', _table(["figure", "value"], rows)]
 

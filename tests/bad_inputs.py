@@ -183,6 +183,16 @@ def existing_output(d: Path) -> list[str]:
     return calibrate_args(d)
 
 
+def scripted_model(kind: str) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        import models
+
+        models.scripted(getattr(models, kind), str(d / "scripted.pt"))
+        return ["convert", "scripted.pt", "--calib-dir", calib(d), "-o", "int8.pt2"]
+
+    return setup
+
+
 def recipe(text: str) -> Callable[[Path], list[str]]:
     def setup(d: Path) -> list[str]:
         (d / "recipe.toml").write_text(text)
@@ -236,6 +246,10 @@ CASES: list[Case] = [
         "uint8 values",
     ),
     Case("stats file of another model", stats_of_other_model, 1, "another model"),
+    Case(
+        "TorchScript that branches on tensor values", scripted_model("GatedConvNet"), 1, "data-dependent control flow"
+    ),
+    Case("TorchScript with a non-tensor argument", scripted_model("ScaledConvNet"), 1, "non-tensor argument"),
     Case("INT8 artifact given as the FP32 model", int8_as_model, 1, "qcli INT8 artifact"),
     Case(
         "--exclude that matches no layer",

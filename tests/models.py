@@ -79,3 +79,31 @@ def activation_zoo() -> ActivationZoo:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+class GatedConvNet(nn.Module):
+    """A CNN on 1x28x28 digits whose forward branches on the input's values: scripted, it holds
+    data-dependent control flow, which no static graph (and so no INT8 artifact) can express."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        if bool(y.mean() > 0.5):
+            y = y * 0.5
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+class ScaledConvNet(GatedConvNet):
+    """Takes a float argument next to the image: a non-tensor input TorchScript keeps as such."""
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:  # type: ignore[override]
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3))) * scale
+
+
+def scripted(cls: type[nn.Module], path: str) -> None:
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(cls().eval()), path)

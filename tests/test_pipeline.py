@@ -193,14 +193,6 @@ def test_dynamic_mode_quantizes_linear_layers(tmp_path, residual_model_file):
     assert float(metrics.cosine_per_sample(ref, y).min()) > 0.99
 
 
-def test_torchscript_input_fails_clearly_and_writes_nothing(tmp_path):
-    from qcli.errors import UnsupportedModel
-
-    with pytest.raises(UnsupportedModel, match="TorchScript"):
-        convert_model_file(demo.TORCHSCRIPT, tmp_path / "ts.pt2", calib_dir=demo.CALIB_DIR)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_describe_model_lists_layers(demo_model):
     info = describe(Path(demo.WEIGHTS), ArchSpec.parse(demo.ARCH))
     assert info["parameters"] == demo_model.num_parameters

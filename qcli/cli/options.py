@@ -18,6 +18,7 @@ class OutputFormat(str, Enum):
 class Mode(str, Enum):
     static = "static"
     dynamic = "dynamic"
+    weight_only = "weight-only"
 
 
 class Method(str, Enum):
@@ -67,7 +68,11 @@ SeedOpt = Annotated[
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per calibration batch (default 32).")]
 ModeOpt = Annotated[
     Mode | None,
-    typer.Option("--mode", help="static: calibrated activations; dynamic: activation ranges per call (Linear layers)."),
+    typer.Option(
+        "--mode",
+        help="static: calibrated activations; dynamic: activations quantized per token on each call "
+        "(Linear layers); weight-only: INT8 weights, FP32 activations (Linear layers).",
+    ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or hints on stderr.")]

@@ -76,6 +76,8 @@ def plain_progress(items: Iterable[T], total: int | None, description: str, step
     for calls, item in enumerate(items, start=1):
         yield item
         done += _count(item)
+        if total and done > total:  # the total counted files, and some file held several samples
+            total = None
         if total:
             percent = min(100, done * 100 // total)
             if percent >= next_mark and percent < 100:
@@ -86,7 +88,7 @@ def plain_progress(items: Iterable[T], total: int | None, description: str, step
             print(f"qcli: {description}: {done} samples", file=sys.stderr, flush=True)
             shown = done
     if done and done != shown:
-        suffix = f"/{total} samples (100%)" if total and done >= total else " samples, done"
+        suffix = f"/{total} samples (100%)" if total and done == total else " samples, done"
         print(f"qcli: {description}: {done}{suffix}", file=sys.stderr, flush=True)
 
 
@@ -194,6 +196,15 @@ def bench_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], lis
         arows.append(["top-1 agreement %", "100.00", fmt(acc["top1_agreement"]), "-"])
         arows.append(["SQNR dB", "-", fmt(acc["sqnr_db"], 1), "-"])
         arows.append(["cosine", "1.0000", fmt(acc["cosine"], 4), "-"])
+        if acc.get("pairs"):
+            arows.append(
+                [
+                    f"Spearman ({acc['pairs']} pairs)",
+                    fmt(acc["fp32_spearman"], 4),
+                    fmt(acc["int8_spearman"], 4),
+                    fmt(_diff(acc["int8_spearman"], acc["fp32_spearman"]), 4),
+                ]
+            )
         tables.append((f"Accuracy on {acc['samples']} samples", ["metric", "FP32", "INT8", "change"], arows))
     sizes = [
         ["FP32 model file", fmt_bytes(report["model"]["size_bytes"])],

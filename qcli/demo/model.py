@@ -2,10 +2,13 @@
 
 ``DigitNet`` is the demo model: a residual CNN for 28x28 grayscale digits (about 75k parameters).
 ``ResNet18`` is a ResNet-18-class ImageNet network (11.7M parameters) of our own definition, used
-to measure INT8 speed on a model of realistic size; it has no pretrained weights.
+to measure INT8 speed on a model of realistic size; it has no pretrained weights. ``MobileNetV2``
+is the same for the MobileNetV2 layout (3.5M parameters).
 ``MobileDigitNet`` (MobileNetV2-style: inverted residuals, depthwise convolutions, ReLU6) and
 ``PReLUDigitNet`` (conv-BN-PReLU) are the architectures that naive INT8 handles badly; they are
 trained on the same digits as the demo (``python -m qcli.demo.train --arch mobile|prelu``).
+``TextEncoder`` is a sentence-embedding transformer encoder (MiniLM-L6's size by default) taking
+token ids and an attention mask, used for dynamic and weight-only INT8.
 """
 
 from __future__ import annotations
@@ -126,6 +129,36 @@ class MobileDigitNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class MobileNetV2(nn.Module):
+    """MobileNetV2 layout (Sandler et al. 2018, width 1.0) for 3x224x224 inputs, 3.5M parameters."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        # (expansion, channels, repeats, first stride), as in the paper's Table 2
+        cfg = [
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        ]
+        blocks: list[nn.Module] = [conv_bn_act(3, 32, stride=2)]
+        cin = 32
+        for expand, cout, repeats, stride in cfg:
+            for i in range(repeats):
+                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        blocks.append(conv_bn_act(cin, 1280, kernel=1))
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 class PReLUDigitNet(nn.Module):
     """A plain CNN with per-channel PReLU activations for 1x28x28 digits."""
 
@@ -146,3 +179,68 @@ class PReLUDigitNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer (BERT's layout) with separate q/k/v/out projections."""
+
+    def __init__(self, d_model: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, ffn)
+        self.ff2 = nn.Linear(ffn, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        att = nn.functional.scaled_dot_product_attention(
+            heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), mask_bias
+        )
+        x = self.norm1(x + self.out(att.transpose(1, 2).reshape(b, t, d)))
+        return self.norm2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
+
+
+class TextEncoder(nn.Module):
+    """A sentence-embedding transformer encoder: token + position embeddings, ``layers`` encoder
+    layers, mean pooling over the tokens the attention mask keeps. Takes ``input_ids`` and
+    ``attention_mask`` (``[batch, seq]`` int64), returns ``[batch, d_model]``. The default size is
+    MiniLM-L6's (6 layers, d_model 384, 12 heads, FFN 1536)."""
+
+    def __init__(
+        self,
+        vocab: int = 8192,
+        d_model: int = 384,
+        heads: int = 12,
+        layers: int = 6,
+        ffn: int = 1536,
+        max_len: int = 512,
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d_model)
+        self.positions = nn.Embedding(max_len, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ffn) for _ in range(layers))
+        for module in self.modules():  # BERT's initialisation: N(0, 0.02) weights, zero biases
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.norm(self.tokens(input_ids) + self.positions(positions))
+        keep = attention_mask.to(x.dtype)
+        mask_bias = (keep[:, None, None, :] - 1.0) * 1e4  # 0 where kept, -1e4 on padding
+        for layer in self.layers:
+            x = layer(x, mask_bias)
+        weights = keep.unsqueeze(-1)
+        return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

@@ -1,0 +1,111 @@
+"""Dynamic and weight-only INT8 of linear layers, written in plain torch ops.
+
+``rewrite`` replaces each ``aten.linear`` of an exported graph whose weight is a stored tensor by
+one of the two functions below, with the weight quantized once (symmetric INT8, one scale per
+output channel):
+
+- ``dynamic``: activations are quantized per call, one symmetric scale per token (row), so an
+  outlier token does not cost the others their precision; ``_int_mm`` multiplies INT8 by INT8.
+- ``weight-only``: the weight is stored as INT8 and widened to the input's dtype for the matmul.
+
+The artifact needs nothing but torch: the functions trace into aten ops, and Inductor's freezing
+passes recognise both shapes (``_int_mm`` → ``mul`` → ``mul`` becomes a oneDNN INT8 linear;
+``linear(x, w.to(x.dtype)) * scales`` becomes ``_weight_int8pack_mm``). Embeddings, LayerNorm and
+integer inputs are untouched: only linear layers change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+QMAX = 127  # symmetric INT8: -127..127, so a scale maps +max and -max alike
+
+
+def weight_int8(weight: Any) -> tuple[Any, Any]:
+    """Per-output-channel symmetric INT8 of a ``[out, in]`` weight: ``(int8 weight, scales [out])``.
+
+    ``scale = max|w_row| / 127``; an all-zero row gets the smallest positive scale (its INT8 row is 0).
+    """
+    import torch
+
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / QMAX).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+def int8_dynamic_linear(x: Any, weight_t: Any, w_scale: Any, bias: Any) -> Any:
+    """``x @ W.T + b`` with ``x`` quantized per token on the fly: ``weight_t`` is the INT8 ``[in, out]``
+    weight, ``w_scale`` its per-output scales. A token of zeros gets a tiny scale and stays zero."""
+    import torch
+
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])
+    x_scale = (rows.abs().amax(dim=1, keepdim=True) / QMAX).clamp(min=1e-12)
+    xq = torch.round(rows / x_scale).clamp(-QMAX, QMAX).to(torch.int8)
+    y = torch._int_mm(xq, weight_t).to(torch.float32) * x_scale * w_scale
+    y = y.reshape(*shape[:-1], weight_t.shape[1])
+    return y if bias is None else y + bias
+
+
+def int8_weight_only_linear(x: Any, weight: Any, w_scale: Any, bias: Any) -> Any:
+    """``x @ W.T + b`` with ``W = weight * w_scale`` stored as INT8 ``[out, in]``."""
+    import torch
+
+    y = torch.nn.functional.linear(x, weight.to(x.dtype)) * w_scale
+    return y if bias is None else y + bias
+
+
+KERNELS: dict[str, Callable[..., Any]] = {"dynamic": int8_dynamic_linear, "weight-only": int8_weight_only_linear}
+
+
+def is_rewritten(node: Any) -> bool:
+    return node.op == "call_function" and node.target in KERNELS.values()
+
+
+def rewrite(gm: Any, mode: str, excluded: tuple[str, ...], name_of: Callable[[Any], str]) -> Any:
+    """Replace the graph's linear layers (weights held by the graph, not computed) in place and
+    return ``gm``. Layers whose module path (``name_of(node)``) is in ``excluded`` or lies inside
+    one of them stay FP32."""
+    import torch
+
+    kernel = KERNELS[mode]
+    graph = gm.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+            continue
+        x, w, *rest = node.args
+        bias = rest[0] if rest else None
+        if getattr(w, "op", None) != "get_attr" or (bias is not None and getattr(bias, "op", None) != "get_attr"):
+            continue
+        name = name_of(node)
+        if any(name == e or name.startswith(e + ".") for e in excluded):
+            continue
+        weight = _fetch(gm, str(w.target))
+        if weight.ndim != 2 or not weight.is_floating_point():
+            continue
+        q, scale = weight_int8(weight)
+        stored = q.t().contiguous() if mode == "dynamic" else q
+        prefix = f"{name.replace('.', '_').replace('#', '_')}_int8_{count}"
+        count += 1
+        gm.register_buffer(f"{prefix}_weight", stored)
+        gm.register_buffer(f"{prefix}_scale", scale)
+        with graph.inserting_before(node):
+            wq = graph.get_attr(f"{prefix}_weight")
+            ws = graph.get_attr(f"{prefix}_scale")
+            new = graph.call_function(kernel, (x, wq, ws, bias))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def _fetch(gm: Any, target: str) -> Any:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,184 @@
+"""Transformer encoders: dynamic (per-token) and weight-only INT8, static INT8 for comparison,
+samples with several named inputs of varying sequence length, and embedding fidelity with
+scored pairs (Spearman)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_qcli
+from safetensors.torch import save_file
+
+from qcli import dynamic, metrics
+from qcli.demo.model import TextEncoder
+
+KWARGS = {"vocab": 500, "d_model": 64, "heads": 4, "layers": 2, "ffn": 128, "max_len": 64}
+ARCH = ["--arch", "qcli.demo.model:TextEncoder", "--arch-kwargs", json.dumps(KWARGS)]
+
+
+def small_encoder() -> TextEncoder:
+    torch.manual_seed(0)
+    return TextEncoder(**KWARGS).eval()
+
+
+def tokens(gen: torch.Generator, length: int, pad: int = 0) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1, KWARGS["vocab"], (length,), generator=gen)
+    mask = torch.ones(length, dtype=torch.int64)
+    if pad:
+        ids[-pad:], mask[-pad:] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def encoder_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An encoder state dict; calibration files of lengths 16, 24 and 32 (some padded, some holding
+    a batch of samples); an evaluation folder of sentences and edited copies with scored pairs."""
+    root = tmp_path_factory.mktemp("encoder")
+    save_file(small_encoder().state_dict(), str(root / "enc.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    calib = root / "calib"
+    calib.mkdir()
+    for i in range(18):
+        save_file(tokens(gen, (16, 24, 32)[i % 3], pad=i % 4), str(calib / f"{i:02d}.safetensors"))
+    batch = [tokens(gen, 24) for _ in range(4)]
+    save_file({k: torch.stack([b[k] for b in batch]) for k in batch[0]}, str(calib / "batch.safetensors"))
+    evaluation = root / "eval"
+    evaluation.mkdir()
+    rows = ["a,b,score"]
+    for i in range(8):
+        base = tokens(gen, 32)
+        save_file(base, str(evaluation / f"s{i}.safetensors"))
+        for j, keep in enumerate((0.9, 0.5, 0.1)):
+            edited = {k: v.clone() for k, v in base.items()}
+            changed = torch.randperm(32, generator=gen)[: int(32 * (1 - keep))]
+            edited["input_ids"][changed] = torch.randint(1, KWARGS["vocab"], (len(changed),), generator=gen)
+            save_file(edited, str(evaluation / f"s{i}-{j}.safetensors"))
+            rows.append(f"s{i}.safetensors,s{i}-{j}.safetensors,{keep}")
+    (evaluation / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_weight_int8_is_per_channel_symmetric_and_handles_zero_rows():
+    w = torch.randn(6, 16)
+    w[2] = 0.0
+    q, scale = dynamic.weight_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (6,)
+    assert int(q.abs().max()) == 127 and bool((q[2] == 0).all()) and float(scale[2]) > 0
+    assert float((q.float() * scale[:, None] - w).abs().max()) <= float(scale.max()) / 2 + 1e-7
+
+
+def test_dynamic_kernel_quantizes_each_token_on_its_own():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 32, generator=gen)
+    x[0, 1] *= 1000.0  # an outlier token: per-token scales keep the other tokens precise
+    x[1, 2] = 0.0
+    w, b = torch.randn(8, 32, generator=gen), torch.randn(8, generator=gen)
+    q, scale = dynamic.weight_int8(w)
+    got = dynamic.int8_dynamic_linear(x, q.t().contiguous(), scale, b)
+    want = torch.nn.functional.linear(x, w, b)
+    assert got.shape == want.shape
+    cos = metrics.cosine_per_sample(want.reshape(-1, 8), got.reshape(-1, 8))
+    assert float(cos.min()) > 0.999
+    torch.testing.assert_close(got[1, 2], b)  # a token of zeros gives exactly the bias
+    wo = dynamic.int8_weight_only_linear(x, q, scale, b)
+    assert float(metrics.cosine_per_sample(want.reshape(-1, 8), wo.reshape(-1, 8)).min()) > 0.999
+
+
+def test_spearman_ranks_ties_and_undefined_cases():
+    assert metrics.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert metrics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert metrics.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert metrics.spearman([1, 2, 3], [5, 5, 5]) is None
+    assert metrics.spearman([1.0], [2.0]) is None
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only", "static"])
+def test_encoder_quantizes_in_every_mode_and_keeps_embeddings(tmp_path, encoder_files, mode):
+    from qcli.artifact import load_artifact
+    from qcli.data import SampleFolder, infer_input_spec
+    from qcli.evaluate import evaluate
+
+    root = encoder_files
+    out = tmp_path / f"{mode}.pt2"
+    proc = run_qcli(
+        "convert", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--mode", mode,
+        "--form", "program", "-o", out, "--format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mode"] == mode and report["quantized_layers"] == 12  # 6 linears per layer, 2 layers
+    assert report["calibration_samples"] == 22
+    model = small_encoder()
+    acc = evaluate(model, load_artifact(out).run, SampleFolder.open(root / "eval"), infer_input_spec(model))
+    assert acc.samples == 32 and acc.pairs == 24 and acc.cosine > 0.99
+    # edits that keep more tokens score higher: a working embedding ranks the pairs by it
+    assert acc.fp32_spearman > 0.5 and abs(acc.int8_spearman - acc.fp32_spearman) < 0.05
+    assert acc.drop == pytest.approx(100 * (acc.fp32_spearman - acc.int8_spearman))
+
+
+def test_bench_reports_embedding_fidelity_and_spearman(tmp_path, encoder_files):
+    root = encoder_files
+    proc = run_qcli("bench", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--eval-dir", root / "eval",
+                    "--batch-sizes", "2", "--runs", "2", "--format", "markdown", "--max-drop", "5",
+                    "-o", tmp_path / "bench.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Spearman (24 pairs)" in proc.stdout
+    report = json.loads((tmp_path / "bench.json").read_text())
+    acc = report["accuracy"]
+    assert acc["pairs"] == 24 and acc["cosine"] > 0.99 and acc["fp32_spearman"] > 0.5
+    assert report["gates"]["passed"]
+
+
+def test_dynamic_artifact_runs_lengths_seen_in_calibration_and_refuses_others(tmp_path, encoder_files):
+    from qcli.artifact import load_artifact
+    from qcli.errors import ArtifactError
+
+    root = encoder_files
+    out = tmp_path / "dyn.pt2"
+    proc = run_qcli("convert", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--mode", "dynamic",
+                    "--form", "program", "-o", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    artifact = load_artifact(out)
+    assert [i["shape"] for i in artifact.metadata["inputs"]] == [["batch", "seq"], ["batch", "seq"]]
+    assert artifact.metadata["calibration"]["sequence_lengths"] == [16, 32]
+    assert all(la["quantized"] and la["weight_dtype"] == "int8" for la in artifact.metadata["layers"])
+    model, gen = small_encoder(), torch.Generator().manual_seed(7)
+    for length in (16, 20, 32):
+        batch = [tokens(gen, length, pad=2) for _ in range(3)]
+        ids, mask = (torch.stack([b[k] for b in batch]) for k in ("input_ids", "attention_mask"))
+        with torch.no_grad():
+            want, got = model(ids, mask), artifact.run(ids, mask)
+        assert float(metrics.cosine_per_sample(want, got).min()) > 0.99
+    ids = torch.ones(2, 40, dtype=torch.int64)
+    with pytest.raises(ArtifactError, match=r"input 'input_ids' takes shape \[batch, seq 16..32\] but got \[2, 40\]"):
+        artifact.run(ids, torch.ones_like(ids))
+
+
+def test_exclude_keeps_a_linear_fp32_in_dynamic_mode(tmp_path, encoder_files):
+    root = encoder_files
+    proc = run_qcli("convert", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--mode", "weight-only",
+                    "--exclude", "layers.1.ff*", "--form", "program", "-o", tmp_path / "wo.pt2", "--format", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    layers = {la["name"]: la["quantized"] for la in json.loads(proc.stdout)["layers"]}
+    assert layers["layers.1.ff1"] is False and layers["layers.1.ff2"] is False and layers["layers.1.q"] is True
+
+
+def test_pairs_file_errors_are_one_line(tmp_path, encoder_files):
+    import shutil
+
+    root = encoder_files
+    evaluation = tmp_path / "eval"
+    shutil.copytree(root / "eval", evaluation)
+    (evaluation / "pairs.csv").write_text(
+        "a,b,score\ns0.safetensors,missing.safetensors,1\ns1.safetensors,s1-0.safetensors,2\n"
+    )
+    proc = run_qcli("bench", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--eval-dir", evaluation,
+                    "--batch-sizes", "1", "--runs", "1")  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"qcli: error: '{evaluation / 'pairs.csv'}' line 2: 'missing.safetensors' is not a sample file of the folder"
+    )
