@@ -20,7 +20,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 test test-slow test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers test test-slow test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
 
 install: $(STAMP)
 
@@ -91,10 +91,22 @@ bench: install
 		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html $(GATES)
 
 # the project's own benchmarks (not part of `make test`)
-benchmarks: bench-resnet18 bench-memory bench-calibration bench-startup
+benchmarks: bench-resnet18 bench-encoder bench-torchscript bench-peers bench-memory bench-calibration bench-startup
 
 bench-resnet18: install
 	$(BIN)/python benchmarks/resnet18.py
+
+bench-encoder: install
+	$(BIN)/python benchmarks/encoder.py
+
+bench-torchscript: install
+	$(BIN)/python benchmarks/torchscript.py
+
+# qcli against ONNX Runtime and torch.ao on ResNet-18, MobileNetV2 and a 6-layer encoder; installs
+# the benchmark-only peers first (MODELS="resnet18 encoder" runs a subset)
+bench-peers: install
+	$(BIN)/pip install -q -c requirements.txt -r benchmarks/requirements-peers.txt
+	$(BIN)/python benchmarks/peers.py $(MODELS)
 
 bench-memory: install
 	$(BIN)/python benchmarks/memory.py

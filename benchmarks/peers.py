@@ -1,0 +1,290 @@
+"""qcli's INT8 against the tools a user would otherwise reach for, on the same models and inputs.
+
+Run with `make bench-peers` (installs the optional `peers` extra: ONNX Runtime, onnx, onnxscript;
+none of them is needed by qcli itself). For a ResNet-18-class CNN, a MobileNetV2-class CNN and a
+6-layer transformer encoder (``qcli.demo.model``: ResNet18, MobileNetV2, TextEncoder; seeded
+initialisation, no pretrained weights may be downloaded here), it measures in one process, at
+batch 1 and 16, with 1 and 2 threads:
+
+- ``fp32_eager``: the PyTorch module under ``torch.no_grad()``;
+- ``fp32_compiled``: ``torch.compile`` with Inductor weight freezing (static shapes);
+- ``ort_fp32``: the model exported with ``torch.onnx.export`` and run by ONNX Runtime (all graph
+  optimisations, no spinning thread pool, which would steal the other core from torch);
+- ``ort_int8``: ONNX Runtime ``quantize_static`` (QDQ, per-channel weights, U8 activations and
+  S8 weights as ORT recommends for x86) calibrated on the same samples as qcli;
+- ``torchao_fx_int8``: PyTorch's deprecated ``torch.ao`` FX INT8 (x86 qconfig) on the same
+  samples; the encoder cannot be FX-traced (shape-dependent views), so for it this is
+  ``torch.ao``'s eager dynamic INT8 of the Linear layers, the path its docs give for transformers;
+- ``qcli_int8``: ``qcli convert`` (static INT8, AOTInductor package for batch 1 and 16) loaded with
+  ``torch._inductor.package.load_package`` as the README shows; for the encoder also
+  ``qcli_int8_dynamic`` (``--mode dynamic``).
+
+Variants run interleaved (the order rotates every round) after warm-up; the table shows medians
+and ratios, and benchmarks/results/peers.json holds every figure with the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from qcli.demo.model import MobileNetV2, ResNet18, TextEncoder
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import encoder as text  # noqa: E402  (sentences from the standard library, tokenised like encoder.py)
+
+BATCHES = (1, 16)
+THREADS = (1, 2)
+CALIB = 32  # calibration samples per model, the same for every tool
+
+
+def image_model(cls: type) -> dict[str, Any]:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    calib = [(torch.from_numpy(rng.standard_normal((1, 3, 224, 224), dtype=np.float32)),) for _ in range(CALIB)]
+    return {"module": cls().eval(), "arch": f"qcli.demo.model:{cls.__name__}", "kwargs": {}, "calib": calib,
+            "names": ["x"], "modes": ["static"]}  # fmt: skip
+
+
+def encoder_model() -> dict[str, Any]:
+    torch.manual_seed(0)
+    sentences = text.sentences()[:CALIB]
+    calib = []
+    for s in sentences:
+        ids, mask = text.encode(s)
+        calib.append((ids[None], mask[None]))
+    kwargs = {"vocab": text.VOCAB}
+    return {"module": TextEncoder(**kwargs).eval(), "arch": "qcli.demo.model:TextEncoder", "kwargs": kwargs,
+            "calib": calib, "names": ["input_ids", "attention_mask"], "modes": ["static", "dynamic"]}  # fmt: skip
+
+
+MODELS: dict[str, Callable[[], dict[str, Any]]] = {
+    "resnet18": lambda: image_model(ResNet18),
+    "mobilenetv2": lambda: image_model(MobileNetV2),
+    "encoder": encoder_model,
+}
+
+
+def batch_of(calib: list[tuple[Any, ...]], size: int) -> tuple[Any, ...]:
+    rows = [calib[i % len(calib)] for i in range(size)]
+    return tuple(torch.cat([r[k] for r in rows]).contiguous() for k in range(len(rows[0])))
+
+
+# --- the tools ----------------------------------------------------------------------------------
+
+
+def qcli_artifacts(spec: dict[str, Any], work: Path) -> dict[str, dict[int, Callable[..., Any]]]:
+    """Quantize with the qcli CLI (as a user would), then load each package model by batch size."""
+    from torch._inductor.package import load_package
+
+    from qcli.artifact import read_metadata
+
+    model = work / "model.safetensors"
+    save_file(spec["module"].state_dict(), str(model))
+    calib = work / "calib"
+    calib.mkdir(exist_ok=True)
+    for i, sample in enumerate(spec["calib"]):
+        save_file(
+            {n: t[0].contiguous() for n, t in zip(spec["names"], sample, strict=True)},
+            str(calib / f"{i:03d}.safetensors"),
+        )
+    out = {}
+    for mode in spec["modes"]:
+        path = work / f"qcli-{mode}.pt2"
+        cmd = [sys.executable, "-m", "qcli", "convert", str(model), "--arch", spec["arch"], "--arch-kwargs",
+               json.dumps(spec["kwargs"]), "--calib-dir", str(calib), "--mode", mode, "--package-batch-sizes", "1,16",
+               "-o", str(path), "-q"]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        names = read_metadata(path)["package_models"]
+        out["qcli_int8" if mode == "static" else f"qcli_int8_{mode}"] = {
+            int(b): load_package(str(path), name) for b, name in names.items()
+        }
+    return out
+
+
+def onnx_models(spec: dict[str, Any], work: Path) -> tuple[Path, Path]:
+    """FP32 ONNX (dynamic batch) and its ORT static INT8 (QDQ, per channel) on the same samples."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, pre, int8 = work / "fp32.onnx", work / "fp32-pre.onnx", work / "int8.onnx"
+    example = batch_of(spec["calib"], 2)
+    dynamic = {n: {0: torch.export.Dim("batch", min=1, max=64)} for n in spec["names"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(spec["module"], example, str(fp32), input_names=spec["names"], dynamic_shapes=dynamic,
+                          dynamo=True, external_data=False)  # fmt: skip
+    quant_pre_process(str(fp32), str(pre))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(spec["calib"])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            sample = next(self.items, None)
+            return None if sample is None else {n: t.numpy() for n, t in zip(spec["names"], sample, strict=True)}
+
+    quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return fp32, int8
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def torch_ao_int8(spec: dict[str, Any]) -> tuple[Any, str]:
+    """torch.ao FX static INT8 (x86 engine); eager dynamic INT8 when the model cannot be FX-traced."""
+    from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    module = copy.deepcopy(spec["module"])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            prepared = prepare_fx(module, get_default_qconfig_mapping("x86"), spec["calib"][0])
+        except Exception:  # noqa: BLE001 - FX symbolic tracing fails on shape-dependent code
+            return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8), "torch.ao eager dynamic INT8"
+        for sample in spec["calib"]:
+            prepared(*sample)
+        return convert_fx(prepared), "torch.ao FX static INT8"
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> int:
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    report: dict[str, Any] = {
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "models": {},
+    }
+    import onnxruntime
+
+    report["environment"]["onnxruntime"] = onnxruntime.__version__
+    rows = []
+    torch._inductor.config.freezing = True
+    only = set(sys.argv[1:])
+    for name, make in MODELS.items():
+        if only and name not in only:
+            continue
+        spec = make()
+        with tempfile.TemporaryDirectory(prefix=f"qcli-peers-{name}-") as tmp:
+            work = Path(tmp)
+            print(f"{name}: quantizing with qcli, ONNX Runtime and torch.ao", flush=True)
+            qcli = qcli_artifacts(spec, work)
+            fp32_onnx, int8_onnx = onnx_models(spec, work)
+            ao_model, ao_kind = torch_ao_int8(spec)
+            compiled = torch.compile(spec["module"], dynamic=False)
+            entry: dict[str, Any] = {"torch_ao_kind": ao_kind, "runs": []}
+            for threads in THREADS:
+                torch.set_num_threads(threads)
+                sessions = {"ort_fp32": ort_session(fp32_onnx, threads), "ort_int8": ort_session(int8_onnx, threads)}
+                for batch in BATCHES:
+                    inputs = batch_of(spec["calib"], batch)
+                    feeds = {n: t.numpy() for n, t in zip(spec["names"], inputs, strict=True)}
+
+                    def run_torch(fn: Callable[..., Any], args: tuple[Any, ...] = inputs) -> Callable[[], Any]:
+                        def call() -> Any:
+                            with torch.no_grad():
+                                return fn(*args)
+
+                        return call
+
+                    runners: dict[str, Callable[[], Any]] = {
+                        "fp32_eager": run_torch(spec["module"]),
+                        "fp32_compiled": run_torch(compiled),
+                        "ort_fp32": lambda s=sessions["ort_fp32"], f=feeds: s.run(None, f),
+                        "ort_int8": lambda s=sessions["ort_int8"], f=feeds: s.run(None, f),
+                        "torchao_fx_int8": run_torch(ao_model),
+                    }
+                    for variant, models in qcli.items():
+                        runners[variant] = run_torch(models[batch])
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        times = interleaved(runners, rounds=40 if batch == 1 else 15)
+                    medians = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+                    entry["runs"].append({"threads": threads, "batch": batch, "median_ms": medians,
+                                          "rounds": len(next(iter(times.values())))})  # fmt: skip
+                    rows.append((name, threads, batch, medians))
+                    print(
+                        f"  threads {threads} batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()),
+                        flush=True,
+                    )
+            report["models"][name] = entry
+    (results / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[tuple[str, int, int, dict[str, float]]]) -> None:
+    cols = ["fp32_eager", "fp32_compiled", "ort_fp32", "ort_int8", "torchao_fx_int8", "qcli_int8"]
+    print(
+        "\n| model | threads | batch | "
+        + " | ".join(cols)
+        + " | qcli vs ORT INT8 | qcli vs torch.ao | qcli vs fastest FP32 | qcli vs FP32 compiled |"
+    )
+    print("|---" * (len(cols) + 7) + "|")
+    for name, threads, batch, m in rows:
+        best = min(m, key=lambda k: m[k] if k.startswith("qcli") else float("inf"))
+        q = m[best]
+        fp32 = min(m["fp32_eager"], m["fp32_compiled"], m["ort_fp32"])
+        cells = [f"{m[c]:.2f}" for c in cols]
+        if best != "qcli_int8":
+            cells[-1] += f" ({best.removeprefix('qcli_int8_')}: {q:.2f})"
+        ratios = [m["ort_int8"] / q, m["torchao_fx_int8"] / q, fp32 / q, m["fp32_compiled"] / q]
+        print(
+            f"| {name} | {threads} | {batch} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(f"{r:.2f}x" for r in ratios)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
