@@ -20,7 +20,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers test test-slow test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-slow test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
 
 install: $(STAMP)
 
@@ -91,7 +91,7 @@ bench: install
 		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html $(GATES)
 
 # the project's own benchmarks (not part of `make test`)
-benchmarks: bench-resnet18 bench-encoder bench-torchscript bench-peers bench-memory bench-calibration bench-startup
+benchmarks: bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result bench-memory bench-calibration bench-startup
 
 bench-resnet18: install
 	$(BIN)/python benchmarks/resnet18.py
@@ -104,6 +104,9 @@ bench-torchscript: install
 
 # qcli against ONNX Runtime and torch.ao on ResNet-18, MobileNetV2 and a 6-layer encoder; installs
 # the benchmark-only peers first (MODELS="resnet18 encoder" runs a subset)
+bench-first-result: install
+	$(BIN)/python benchmarks/first_result.py
+
 bench-peers: install
 	$(BIN)/pip install -q -c requirements.txt -r benchmarks/requirements-peers.txt
 	$(BIN)/python benchmarks/peers.py $(MODELS)

@@ -119,6 +119,7 @@ def convert_model_file(
     timeout: float | None = None,
     bias_correction: bool = False,
     weights: str = "per-channel",
+    threads: int | None = None,
     track: Any = identity_track,
 ) -> dict[str, Any]:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
@@ -152,6 +153,12 @@ def convert_model_file(
         raise QcliError(f"--max-drop must be at least 0 points, not {max_drop:g}")
     if max_trials < 1:
         raise QcliError(f"--max-trials must be at least 1, not {max_trials}")
+    if threads is not None:
+        if threads <= 0:
+            raise QcliError(f"--threads must be positive, not {threads}")
+        import torch
+
+        torch.set_num_threads(threads)  # oneDNN packs weights for the thread count it compiles with
     loaded = load_model(model, arch)
     excluded = resolve_excludes(loaded.module, tuple(exclude))
     if stats is not None:
@@ -217,6 +224,7 @@ def convert_model_file(
             "weights": weights,
             "form": form,
             "package_batch_sizes": package_batch_sizes,
+            "threads": threads,
         },
     }
     conversion = convert_model(
@@ -395,6 +403,7 @@ def bench_model(
             return loaded.module(*args)
 
         runners = {bench.FP32_EAGER: eager, bench.FP32_COMPILED: fp32_package, bench.INT8: artifact.run}
+        warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads())] if w]
         timings = bench.benchmark(runners, example, batch_sizes, warmup=warmup, runs=runs)
         accuracy = None
         if eval_dir is not None:
@@ -421,6 +430,7 @@ def bench_model(
             "accuracy": accuracy.to_dict() if accuracy else None,
             "per_layer": meta.get("per_layer"),
             "suggested_exclude": meta.get("suggested_exclude") or [],
+            "warnings": warnings,
         }
     report["baseline"] = None
     report["gates"] = gates(report, accuracy, timings, max_drop, min_speedup)

@@ -64,7 +64,15 @@ def write_package(
     from torch._inductor.package import package_aoti
 
     models = {str(b): package_model_name(b, i == 0) for i, b in enumerate(batch_sizes)}
-    meta = {**metadata, "form": "package", "cpu_capability": hardware.capability(), "package_models": models}
+    meta = {
+        **metadata,
+        "form": "package",
+        "cpu_capability": hardware.capability(),
+        "package_models": models,
+        # oneDNN chooses the packed weight layout for this thread count; another count at run time
+        # makes it re-pack some weights on every call
+        "compiled_threads": torch.get_num_threads(),
+    }
     # each model is compiled for the example's shape: a sequence dimension is fixed to its length
     meta["inputs"] = [
         {**item, "shape": ["batch", *t.shape[1:]]}

@@ -108,6 +108,19 @@ def compile_fp32_package(
     return load_artifact(path).run, path.stat().st_size
 
 
+def thread_warning(meta: dict[str, Any], threads: int) -> str | None:
+    """Why a package's timings would mislead at ``threads``: oneDNN packs weights for the thread
+    count it compiles with and re-packs some of them on every call at another count (measured:
+    MobileNetV2 at batch 1, compiled with 2 threads, ran 10x slower with 1)."""
+    compiled = meta.get("compiled_threads")
+    if meta.get("form") != "package" or not compiled or compiled == threads:
+        return None
+    return (
+        f"the package was compiled with {compiled} thread(s) and runs with {threads}: oneDNN re-packs some "
+        f"weights on every call at another thread count (up to 10x slower); convert with --threads {threads}"
+    )
+
+
 def make_inputs(example: tuple[Any, ...], batch_size: int) -> tuple[Any, ...]:
     """Inputs of ``batch_size`` rows cycled from the example rows (real samples when available)."""
     idx = [i % example[0].shape[0] for i in range(batch_size)]

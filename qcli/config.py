@@ -117,6 +117,7 @@ SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "mode": str,
         "form": str,
         "package_batch_sizes": (str, list),
+        "threads": int,
         "method": str,
         "percentile": (int, float),
         "exclude": list,

@@ -226,3 +226,14 @@ def test_exclude_keeps_matching_layers_fp32_and_reuses_full_statistics(tmp_path,
         out = load_artifact(tmp_path / "int8.pt2").run(x[:64].clone())
         ref = demo_model.module(x[:64])
     assert metrics.top1_agreement_hits(ref, out) >= 63
+
+
+def test_package_records_its_thread_count_and_bench_warns_on_another(demo_artifacts):
+    from qcli.bench import thread_warning
+
+    meta = read_metadata(demo_artifacts["package"])
+    assert isinstance(meta["compiled_threads"], int) and meta["compiled_threads"] >= 1
+    assert thread_warning(meta, meta["compiled_threads"]) is None
+    other = meta["compiled_threads"] + 1
+    assert f"convert with --threads {other}" in thread_warning(meta, other)
+    assert thread_warning(read_metadata(demo_artifacts["program"]), other) is None  # compiled when loaded

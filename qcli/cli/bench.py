@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -134,6 +135,8 @@ def bench_command(
             raise
         gate_error, report = exc, exc.report
     report["report_html"] = str(report_html) if report_html is not None else None
+    for warning in report.get("warnings") or []:
+        print(f"qcli: warning: {warning}", file=sys.stderr)
     if report_html is not None:
         from qcli.report import html_report
 

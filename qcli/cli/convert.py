@@ -110,6 +110,13 @@ def convert_command(
             "--package-batch-sizes", help="Batch sizes the package is compiled for, one model each (default 1,16)."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="torch threads while compiling the package; use the count it will run with (default: torch's).",
+        ),
+    ] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     config: ConfigOpt = None,
@@ -163,6 +170,7 @@ def convert_command(
             package_batch_sizes=parse_batch_sizes(
                 rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
             ),
+            threads=rec.option("convert", "threads", threads, None),
             track=render.tracker(quiet, "calibrating"),
         )
     except GateFailed as exc:  # the best artifact was written; show what was tried, then exit 3
