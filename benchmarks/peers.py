@@ -15,8 +15,9 @@ batch 1 and 16, with 1 and 2 threads:
 - ``torchao_fx_int8``: PyTorch's deprecated ``torch.ao`` FX INT8 (x86 qconfig) on the same
   samples; the encoder cannot be FX-traced (shape-dependent views), so for it this is
   ``torch.ao``'s eager dynamic INT8 of the Linear layers, the path its docs give for transformers;
-- ``qcli_int8``: ``qcli convert`` (static INT8, AOTInductor package for batch 1 and 16) loaded with
-  ``torch._inductor.package.load_package`` as the README shows; for the encoder also
+- ``qcli_int8``: ``qcli convert --threads N`` (static INT8, AOTInductor package for batch 1 and
+  16, compiled for the thread count it runs with, as ORT gets a session per thread count) loaded
+  with ``torch._inductor.package.load_package`` as the README shows; for the encoder also
   ``qcli_int8_dynamic`` (``--mode dynamic``).
 
 Variants run interleaved (the order rotates every round) after warm-up; the table shows medians
@@ -88,8 +89,9 @@ def batch_of(calib: list[tuple[Any, ...]], size: int) -> tuple[Any, ...]:
 # --- the tools ----------------------------------------------------------------------------------
 
 
-def qcli_artifacts(spec: dict[str, Any], work: Path) -> dict[str, dict[int, Callable[..., Any]]]:
-    """Quantize with the qcli CLI (as a user would), then load each package model by batch size."""
+def qcli_artifacts(spec: dict[str, Any], work: Path, threads: int) -> dict[str, dict[int, Callable[..., Any]]]:
+    """Quantize with the qcli CLI for this thread count (as a user deploying with it would: oneDNN
+    packs weights for the thread count it compiles with), then load each package model by batch size."""
     from torch._inductor.package import load_package
 
     from qcli.artifact import read_metadata
@@ -97,7 +99,8 @@ def qcli_artifacts(spec: dict[str, Any], work: Path) -> dict[str, dict[int, Call
     model = work / "model.safetensors"
     save_file(spec["module"].state_dict(), str(model))
     calib = work / "calib"
-    calib.mkdir(exist_ok=True)
+    if not calib.exists():
+        calib.mkdir()
     for i, sample in enumerate(spec["calib"]):
         save_file(
             {n: t[0].contiguous() for n, t in zip(spec["names"], sample, strict=True)},
@@ -105,10 +108,10 @@ def qcli_artifacts(spec: dict[str, Any], work: Path) -> dict[str, dict[int, Call
         )
     out = {}
     for mode in spec["modes"]:
-        path = work / f"qcli-{mode}.pt2"
+        path = work / f"qcli-{mode}-{threads}.pt2"
         cmd = [sys.executable, "-m", "qcli", "convert", str(model), "--arch", spec["arch"], "--arch-kwargs",
                json.dumps(spec["kwargs"]), "--calib-dir", str(calib), "--mode", mode, "--package-batch-sizes", "1,16",
-               "-o", str(path), "-q"]  # fmt: skip
+               "--threads", str(threads), "-o", str(path), "-q"]  # fmt: skip
         subprocess.run(cmd, check=True)
         names = read_metadata(path)["package_models"]
         out["qcli_int8" if mode == "static" else f"qcli_int8_{mode}"] = {
@@ -216,12 +219,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix=f"qcli-peers-{name}-") as tmp:
             work = Path(tmp)
             print(f"{name}: quantizing with qcli, ONNX Runtime and torch.ao", flush=True)
-            qcli = qcli_artifacts(spec, work)
             fp32_onnx, int8_onnx = onnx_models(spec, work)
             ao_model, ao_kind = torch_ao_int8(spec)
             compiled = torch.compile(spec["module"], dynamic=False)
             entry: dict[str, Any] = {"torch_ao_kind": ao_kind, "runs": []}
             for threads in THREADS:
+                qcli = qcli_artifacts(spec, work, threads)
                 torch.set_num_threads(threads)
                 sessions = {"ort_fp32": ort_session(fp32_onnx, threads), "ort_int8": ort_session(int8_onnx, threads)}
                 for batch in BATCHES:

@@ -2,19 +2,21 @@
 
 Run with `make bench-torchscript`. Two models, each quantized twice with the same calibration
 samples, once from the state dict (+ --arch) and once from a TorchScript archive of the same
-weights, then benchmarked with `qcli bench` (FP32 eager, FP32 compiled, INT8; batch 1 and 16):
+weights; both artifacts are then loaded in one process, evaluated on the same samples and timed
+interleaved at batch 1 and 16 (`make bench-resnet18` has the FP32 comparison):
 
 - the demo CNN (``qcli/demo/weights/digits.torchscript.pt``, traced; 256 calibration digits,
   accuracy on the 1000 labeled evaluation digits);
 - a ResNet-18-class network (``qcli.demo.model:ResNet18``, seeded initialisation) scripted with
   ``torch.jit.script``; 32 seeded random 3x224x224 calibration tensors, fidelity to FP32 on them.
 
-Reports go to benchmarks/results/torchscript-<model>-<route>.json; a summary table is printed.
+Reports go to benchmarks/results/torchscript-<model>.json; a summary table is printed.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,44 @@ ROOT = HERE.parent
 
 def run(*args: str) -> int:
     return subprocess.call([sys.executable, "-m", "qcli", *args])
+
+
+def compare(name: str, spec: dict, artifacts: dict[str, Path], results: Path) -> list[str]:
+    """Both artifacts in this process: accuracy on the evaluation folder, then latency interleaved."""
+    from qcli.artifact import load_artifact
+    from qcli.bench import time_interleaved
+    from qcli.config import Recipe, load_recipe
+    from qcli.data import SampleFolder, infer_input_spec
+    from qcli.evaluate import evaluate
+    from qcli.load import ArchSpec, load_model
+
+    model, *arch = spec["state-dict"]
+    fp32 = load_model(Path(model), ArchSpec.parse(arch[1])).module
+    recipe = load_recipe(Path(spec["config"][1])) if spec["config"] else Recipe()
+    input_spec = infer_input_spec(fp32)
+    loaded = {route: load_artifact(path) for route, path in artifacts.items()}
+    report: dict = {"model": name, "accuracy": {}, "latency": []}
+    folder = SampleFolder.open(Path(spec["eval"]), recipe.preprocess)
+    for route, artifact in loaded.items():
+        report["accuracy"][route] = evaluate(fp32, artifact.run, folder, input_spec).to_dict()
+    example = next(folder.batches(input_spec, batch_size=16, limit=16)).inputs[input_spec.single]
+    rows = []
+    for batch in (1, 16):
+        x = example[[i % len(example) for i in range(batch)]].contiguous()
+        runners = {route: artifact.run for route, artifact in loaded.items()}
+        times = time_interleaved(runners, (x,), warmup=3, runs=40 if batch == 1 else 20)
+        medians = {route: 1e3 * statistics.median(t) for route, t in times.items()}
+        report["latency"].append({"batch": batch, "median_ms": medians})
+        acc = report["accuracy"]
+        score = {
+            r: f"{acc[r]['int8_top1']:.2f}%" if acc[r]["labeled"] else f"{acc[r]['sqnr_db']:.1f} dB" for r in loaded
+        }
+        rows.append(
+            f"| {name} | {batch} | {medians['state-dict']:.2f} | {medians['torchscript']:.2f} | "
+            f"{medians['state-dict'] / medians['torchscript']:.2f}x | {score['state-dict']} | {score['torchscript']} |"
+        )
+    (results / f"torchscript-{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return rows
 
 
 def main() -> int:
@@ -67,30 +107,19 @@ def main() -> int:
             },
         }
         for name, spec in models.items():
+            artifacts = {}
             for route in ("state-dict", "torchscript"):
                 model, *arch = spec[route]
-                artifact = root / f"{name}-{route}.pt2"
-                code = run(
-                    "convert", model, *arch, *spec["config"], "--calib-dir", spec["calib"], "-o", str(artifact), "-q"
-                )
+                artifacts[route] = root / f"{name}-{route}.pt2"
+                code = run("convert", model, *arch, *spec["config"], "--calib-dir", spec["calib"],
+                           "-o", str(artifacts[route]), "-q")  # fmt: skip
                 if code:
                     return code
-                report = results / f"torchscript-{name}-{route}.json"
-                bench = ["bench", model, str(artifact), *arch, *spec["config"], "--eval-dir", spec["eval"]]
-                code = run(*bench, "--batch-sizes", "1,16", "--runs", "30", "-o", str(report), "-q")
-                if code not in (0, 3):
-                    return code
-                data = json.loads(report.read_text())
-                acc = data["accuracy"]
-                score = f"top-1 {acc['int8_top1']:.2f}%" if acc["labeled"] else f"SQNR {acc['sqnr_db']:.1f} dB"
-                for row in data["latency"]:
-                    v = row["variants"]
-                    rows.append(
-                        f"| {name} | {route} | {row['batch_size']} | {v['fp32_compiled']['p50_ms']:.2f} | "
-                        f"{v['int8']['p50_ms']:.2f} | {row['speedup_vs_fp32_compiled']:.2f}x | {score} |"
-                    )
-    print(f"\nTorchScript vs state dict, {torch.get_num_threads()} threads")
-    print("| model | route | batch | FP32 compiled ms | INT8 ms | speed-up | INT8 accuracy |")
+            rows.extend(compare(name, spec, artifacts, results))
+    print(f"\nINT8 artifacts from the state dict and from TorchScript, {torch.get_num_threads()} threads")
+    print(
+        "| model | batch | state-dict INT8 ms | TorchScript INT8 ms | TorchScript speed | state-dict accuracy | TorchScript accuracy |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
