@@ -3,7 +3,8 @@
 Run with `make bench-first-result`. For the demo CNN and a ResNet-18-class network, `qcli convert
 --form both` writes the AOTInductor package and the exported program; then fresh Python processes
 each load one form the way the README shows (``load_package``; ``torch.export.load`` +
-``torch.compile`` with freezing) and run one batch-1 input. Each process reports the seconds from
+``torch.compile`` with freezing), or the package with qcli's own loader (``load_artifact``: the C++
+package loader for the one model needed), and run one batch-1 input. Each process reports the seconds from
 before the load call to the first output (``import torch`` excluded, measured apart). The program
 form is measured twice: with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR`` pointed at a new
 folder: the first start on a machine) and with the cache the previous start filled (every later
@@ -39,6 +40,10 @@ t0 = time.perf_counter()
 if form == "package":
     from torch._inductor.package import load_package
     model = load_package(path, "model")
+elif form == "package_qcli":  # qcli's loader: the C++ package loader, this model only
+    from pathlib import Path
+    from qcli.artifact import load_artifact
+    model = load_artifact(Path(path)).run
 else:
     import torch._inductor.config
     import torch.ao.quantization.fx._decomposed  # registers the quantize ops
@@ -88,6 +93,7 @@ def main() -> int:
             program = out.with_name(out.stem + ".program.pt2")
             entry = {}
             entry["package"] = [child("package", out, shape, root / f"cache-{name}-pkg") for _ in range(RUNS)]
+            entry["package_qcli"] = [child("package_qcli", out, shape, root / f"cache-{name}-pkg") for _ in range(RUNS)]
             cold = [child("program", program, shape, root / f"cache-{name}-{i}") for i in range(RUNS)]
             warm = [child("program", program, shape, root / f"cache-{name}-0") for _ in range(RUNS)]
             entry["program_cold_cache"], entry["program_warm_cache"] = cold, warm

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qcli import engine
+
 QMAX = 127  # symmetric INT8: -127..127, so a scale maps +max and -max alike
 
 
@@ -83,7 +85,7 @@ def rewrite(gm: Any, mode: str, excluded: tuple[str, ...], name_of: Callable[[An
         name = name_of(node)
         if any(name == e or name.startswith(e + ".") for e in excluded):
             continue
-        weight = _fetch(gm, str(w.target))
+        weight = engine.get_attr(gm, str(w.target))
         if weight.ndim != 2 or not weight.is_floating_point():
             continue
         q, scale = weight_int8(weight)
@@ -102,10 +104,3 @@ def rewrite(gm: Any, mode: str, excluded: tuple[str, ...], name_of: Callable[[An
     graph.eliminate_dead_code()
     gm.recompile()
     return gm
-
-
-def _fetch(gm: Any, target: str) -> Any:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

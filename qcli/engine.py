@@ -226,3 +226,11 @@ def strip_shape_asserts(gm: Any) -> None:
         for node in [n for n in graph.nodes if n.op == "call_function" and n.target is target]:
             graph.erase_node(node)
         module.recompile()
+
+
+def get_attr(module: Any, target: str) -> Any:
+    """The attribute a graph's ``get_attr`` node names (``layer1.conv1.0.weight``), by walking the path."""
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

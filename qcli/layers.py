@@ -147,17 +147,10 @@ def bias_correct(fp32_graph: Any, int8_graph: Any, samples: tuple[Any, ...]) -> 
         channel = y_ref.dim() - 1 if getattr(node.target, "_opname", "") == "linear" else 1
         dims = [d for d in range(y_ref.dim()) if d != channel]
         delta = (y_ref.float() - y_q.float()).mean(dim=dims)
-        tensor = _attr(int8_graph, str(bias.target))
+        tensor = engine.get_attr(int8_graph, str(bias.target))
         if tensor.shape != delta.shape:
             continue
         with torch.no_grad():
             tensor.add_(delta.to(tensor.dtype))
         changes.append({"name": key[0], "mean_abs_shift": float(delta.abs().mean())})
     return changes
-
-
-def _attr(gm: Any, target: str) -> Any:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

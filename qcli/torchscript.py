@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qcli import engine
 from qcli.errors import UnsupportedModel
 
 WHAT_TO_DO = (
@@ -39,7 +40,7 @@ def problems(script: Any) -> list[str]:
         if "Tensor" not in kind:
             found.append(f"forward takes a non-tensor argument '{arg.name}: {kind}'")
     try:
-        with _quiet():
+        with engine.quiet():
             graph = torch.jit.freeze(script.eval()).graph
     except Exception as exc:  # freezing refuses modules that mutate their attributes
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -108,7 +109,7 @@ def to_module(script: Any, example: tuple[Any, ...], path: Any) -> Any:
     from torch._export.converter import TS2EPConverter
 
     try:
-        with _quiet():
+        with engine.quiet():
             program = TS2EPConverter(script, example).convert()
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -117,7 +118,7 @@ def to_module(script: Any, example: tuple[Any, ...], path: Any) -> Any:
             path=path,
         ) from exc
     gm = lift_modules(program.module())
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), engine.quiet():
         want, got = script(*example), gm(*example)
     if not _same(want, got):
         raise UnsupportedModel(
@@ -175,7 +176,7 @@ def lift_modules(gm: Any) -> Any:
     root: dict[str, Any] = dict(modules)
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module") and node.target not in root:
-            root[str(node.target)] = _fetch(gm, str(node.target))
+            root[str(node.target)] = engine.get_attr(gm, str(node.target))
     lifted = torch.fx.GraphModule(root, graph)
     lifted.eval()
     return lifted
@@ -229,15 +230,15 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
         norm = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[
             rank
         ]
-        module = norm(_fetch(gm, mean.target).shape[0], eps=float(a.get("eps", 1e-5)), affine=w is not None)
-        state = {"running_mean": _fetch(gm, mean.target), "running_var": _fetch(gm, var.target)}
+        module = norm(engine.get_attr(gm, mean.target).shape[0], eps=float(a.get("eps", 1e-5)), affine=w is not None)
+        state = {"running_mean": engine.get_attr(gm, mean.target), "running_var": engine.get_attr(gm, var.target)}
         if w is not None:
-            state.update(weight=_fetch(gm, w.target), bias=_fetch(gm, b.target))
+            state.update(weight=engine.get_attr(gm, w.target), bias=engine.get_attr(gm, b.target))
         module.load_state_dict(state, strict=False)
         return _path(mean.target), module.eval(), x
     if w is None or not (stored("weight") and stored("bias")):
         return None
-    weight = _fetch(gm, w.target)
+    weight = engine.get_attr(gm, w.target)
     if node.target is aten.linear.default:
         if weight.ndim != 2:
             return None
@@ -260,7 +261,7 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
     with torch.no_grad():
         module.weight.copy_(weight)
         if b is not None:
-            module.bias.copy_(_fetch(gm, b.target))
+            module.bias.copy_(engine.get_attr(gm, b.target))
     return _path(w.target), module.eval(), x
 
 
@@ -273,13 +274,6 @@ def _path(target: str) -> str:
     return target.rsplit(".", 1)[0] if "." in target else target + "_module"
 
 
-def _fetch(gm: Any, target: str) -> Any:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _same(a: Any, b: Any) -> bool:
     import torch
 
@@ -288,9 +282,3 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
-
-
-def _quiet() -> Any:
-    from qcli.engine import quiet
-
-    return quiet()
