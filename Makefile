@@ -102,11 +102,11 @@ bench-encoder: install
 bench-torchscript: install
 	$(BIN)/python benchmarks/torchscript.py
 
-# qcli against ONNX Runtime and torch.ao on ResNet-18, MobileNetV2 and a 6-layer encoder; installs
-# the benchmark-only peers first (MODELS="resnet18 encoder" runs a subset)
 bench-first-result: install
 	$(BIN)/python benchmarks/first_result.py
 
+# qcli against ONNX Runtime and torch.ao on ResNet-18, MobileNetV2 and a 6-layer encoder; installs
+# the benchmark-only peers first (MODELS="resnet18 encoder" runs a subset)
 bench-peers: install
 	$(BIN)/pip install -q -c requirements.txt -r benchmarks/requirements-peers.txt
 	$(BIN)/python benchmarks/peers.py $(MODELS)

@@ -17,7 +17,7 @@ from qcli.config import Recipe
 from qcli.data import SampleFolder, infer_input_spec
 from qcli.errors import DataError, GateFailed, QcliError
 from qcli.files import atomic_output, check_output, require_file, sha256_file
-from qcli.load import ArchSpec, load_model
+from qcli.load import ArchSpec, LoadedModel, load_model
 
 SCHEMA_VERSION = 1
 
@@ -50,6 +50,17 @@ def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, 
         "calibrate": calibration,
         "seed": options.seed,
     }
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count for the rest of the process (``None``: leave it)."""
+    if threads is None:
+        return
+    if threads <= 0:
+        raise QcliError(f"--threads must be positive, not {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def calibrate_model(
@@ -153,12 +164,7 @@ def convert_model_file(
         raise QcliError(f"--max-drop must be at least 0 points, not {max_drop:g}")
     if max_trials < 1:
         raise QcliError(f"--max-trials must be at least 1, not {max_trials}")
-    if threads is not None:
-        if threads <= 0:
-            raise QcliError(f"--threads must be positive, not {threads}")
-        import torch
-
-        torch.set_num_threads(threads)  # oneDNN packs weights for the thread count it compiles with
+    use_threads(threads)  # oneDNN packs weights for the thread count it compiles with
     loaded = load_model(model, arch)
     excluded = resolve_excludes(loaded.module, tuple(exclude))
     if stats is not None:
@@ -348,22 +354,21 @@ def bench_model(
     previous = baselines.load_baseline(baseline) if baseline is not None else None
     if any(b <= 0 for b in batch_sizes):
         raise QcliError(f"--batch-sizes must be positive integers, not {batch_sizes}")
-    if threads is not None:
-        if threads <= 0:
-            raise QcliError(f"--threads must be positive, not {threads}")
-        torch.set_num_threads(threads)
+    use_threads(threads)
     if eval_dir is not None:  # a bad pairs.csv fails now, not after minutes of compiling
         from qcli.data import read_pairs
 
         read_pairs(SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder"))
+    loaded: LoadedModel | None = None
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
         if artifact_path is None:
             if calib_dir is None:
                 raise QcliError("pass an INT8 artifact to compare with, or --calib-dir to quantize the model first")
             artifact_path = workdir / "int8.pt2"
+            loaded = load_model(model, arch)
             # a package runs one sequence length; the program any length seen in calibration
-            sequence = infer_input_spec(load_model(model, arch).module).sequence
+            sequence = infer_input_spec(loaded.module).sequence
             convert_model_file(
                 model,
                 artifact_path,
@@ -378,7 +383,9 @@ def bench_model(
         source = meta.get("source") or {}
         if arch is None and source.get("arch"):
             arch = ArchSpec(source["arch"], source.get("arch_kwargs") or {})
-        loaded = load_model(model, arch)
+            loaded = None  # built without the architecture the artifact names
+        if loaded is None:
+            loaded = load_model(model, arch)
         if source.get("sha256") and source["sha256"] != loaded.sha256:
             raise QcliError(
                 f"artifact '{artifact_path}' was made from another model (sha256 {source['sha256'][:12]}…); "
@@ -395,9 +402,7 @@ def bench_model(
                     f"artifact '{artifact_path}' was compiled for batch sizes {', '.join(map(str, compiled))}; "
                     f"bench --batch-sizes within those, or convert with --package-batch-sizes {','.join(map(str, batch_sizes))}"
                 )
-        fp32_package, fp32_size = bench.compile_fp32_package(
-            loaded.module, example[:2], spec.names, batch_sizes, workdir
-        )
+        fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec, batch_sizes, workdir)
 
         def eager(*args: Any) -> Any:
             return loaded.module(*args)

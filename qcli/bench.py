@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qcli import engine, metrics
+from qcli.data import InputSpec
 
 FP32_EAGER, FP32_COMPILED, INT8 = "fp32_eager", "fp32_compiled", "int8"
 
@@ -87,7 +88,7 @@ def time_interleaved(
 
 
 def compile_fp32_package(
-    module: Any, example: tuple[Any, ...], names: tuple[str, ...], batch_sizes: list[int], workdir: Path
+    module: Any, example: tuple[Any, ...], spec: InputSpec, batch_sizes: list[int], workdir: Path
 ) -> tuple[Callable[..., Any], int]:
     """The FP32 model compiled exactly like the INT8 artifact (export, AOTInductor package with
     frozen weights under no_grad, one model per batch size); returns its runner and file size."""
@@ -95,13 +96,12 @@ def compile_fp32_package(
 
     from qcli.artifact import base_metadata, load_artifact, write_package
     from qcli.convert import protect_inputs
-    from qcli.data import infer_input_spec
 
     if isinstance(module, torch.jit.ScriptModule):
         from qcli.torchscript import to_module
 
         module = to_module(module, example, "model")
-    graph = engine.export(module, example, names, sequence=infer_input_spec(module).sequence).module()
+    graph = engine.export(module, example, spec.names, sequence=spec.sequence).module()
     protect_inputs(graph)
     path = workdir / "fp32.pt2"
     write_package(graph, example, path, {**base_metadata(), "mode": "fp32"}, batch_sizes)

@@ -80,7 +80,7 @@ def prepare(
     program = engine.export(module, example, spec.names, sequence=spec.sequence)
     if mode != "static":
         return Prepared(program.module(), example, spec, mode, weights, exclude)
-    observed = engine.prepare_pt2e(program.module(), mode, exclude, weights)
+    observed = engine.prepare_pt2e(program.module(), exclude, weights)
     return Prepared(observed, example, spec, mode, weights, exclude)
 
 

@@ -193,7 +193,7 @@ def layer_table(converted: Any) -> list[LayerQuant]:
     layers = []
     for node in converted.graph.nodes:
         if dynamic.is_rewritten(node):
-            scale = getattr(converted, str(node.args[2].target))
+            scale = engine.get_attr(converted, str(node.args[2].target))
             layers.append(
                 LayerQuant(
                     module_name(node), "Linear", True, "int8", float(scale.min()), float(scale.max()), None, None

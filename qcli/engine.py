@@ -76,15 +76,14 @@ def first_row_repeated(tensors: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
 WEIGHTS = ("per-channel", "per-tensor")
 
 
-def quantizer(mode: str, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
-    """X86 Inductor quantizer: symmetric INT8 weights, per channel (default) or per tensor;
-    activations static or dynamic. Modules named in ``exclude`` (and everything inside them) stay FP32.
+def quantizer(exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
+    """X86 Inductor quantizer for static INT8: symmetric INT8 weights, per channel (default) or per
+    tensor; activations with calibrated ranges. Modules named in ``exclude`` (and everything inside
+    them) stay FP32. (Dynamic and weight-only INT8 do not use it: see ``qcli.dynamic``.)
 
     Asymmetric INT8 weights are not offered: torchao's X86 quantizer rejects such a weight spec
     ("Unsupported quantization_spec"), as its oneDNN kernels take symmetric weights.
     """
-    if mode not in ("static", "dynamic"):
-        raise UnsupportedModel(f"the X86 quantizer has no mode '{mode}' (use static or dynamic)")
     if weights not in WEIGHTS:
         raise UnsupportedModel(
             f"--weights {weights} is not supported (use {' or '.join(WEIGHTS)}); asymmetric INT8 weights are "
@@ -94,7 +93,7 @@ def quantizer(mode: str, exclude: tuple[str, ...] = (), weights: str = "per-chan
         import torch
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
-        config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic")
+        config = xiq.get_default_x86_inductor_quantization_config()
         if weights == "per-tensor":
             from torchao.quantization.pt2e.observer import MinMaxObserver
             from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
@@ -157,12 +156,13 @@ def _root(parent: dict[Any, Any], node: Any) -> Any:
     return node
 
 
-def prepare_pt2e(graph: Any, mode: str, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
+def prepare_pt2e(graph: Any, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
+    """Insert static-INT8 observers (see ``quantizer``)."""
     split_reused_modules(graph)
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as _prepare
 
-        return _prepare(graph, quantizer(mode, exclude, weights))
+        return _prepare(graph, quantizer(exclude, weights))
 
 
 def convert_pt2e(prepared: Any) -> Any:
