@@ -193,10 +193,10 @@ def layer_table(converted: Any) -> list[LayerQuant]:
     layers = []
     for node in converted.graph.nodes:
         if dynamic.is_rewritten(node):
-            scale = engine.get_attr(converted, str(node.args[2].target))
+            w_scale = engine.get_attr(converted, str(node.args[2].target))
             layers.append(
                 LayerQuant(
-                    module_name(node), "Linear", True, "int8", float(scale.min()), float(scale.max()), None, None
+                    module_name(node), "Linear", True, "int8", float(w_scale.min()), float(w_scale.max()), None, None
                 )
             )
             continue

@@ -212,7 +212,8 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
     normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     if normalized is None:
         return None
-    a = dict(normalized.kwargs)
+    a: dict[str, Any] = dict(normalized.kwargs)
+    module: torch.nn.Module
 
     def stored(name: str) -> bool:
         return a.get(name) is None or getattr(a[name], "op", None) == "get_attr"
@@ -223,6 +224,7 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
         if (
             a.get("training")
             or mean is None
+            or var is None
             or not all(stored(k) for k in ("weight", "bias", "running_mean", "running_var"))
         ):
             return None
@@ -232,7 +234,7 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
         ]
         module = norm(engine.get_attr(gm, mean.target).shape[0], eps=float(a.get("eps", 1e-5)), affine=w is not None)
         state = {"running_mean": engine.get_attr(gm, mean.target), "running_var": engine.get_attr(gm, var.target)}
-        if w is not None:
+        if w is not None and b is not None:
             state.update(weight=engine.get_attr(gm, w.target), bias=engine.get_attr(gm, b.target))
         module.load_state_dict(state, strict=False)
         return _path(mean.target), module.eval(), x
@@ -251,7 +253,7 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
         module = conv(
             weight.shape[1] * groups,
             weight.shape[0],
-            tuple(weight.shape[2:]),
+            _ints(tuple(weight.shape[2:])),
             stride=_ints(a.get("stride", 1)),
             padding=_ints(padding),
             dilation=_ints(a.get("dilation", 1)),
@@ -260,7 +262,7 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
         )
     with torch.no_grad():
         module.weight.copy_(weight)
-        if b is not None:
+        if b is not None and module.bias is not None:  # the module was made with a bias when b exists
             module.bias.copy_(engine.get_attr(gm, b.target))
     return _path(w.target), module.eval(), x
 
