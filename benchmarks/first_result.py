@@ -8,7 +8,9 @@ package loader for the one model needed), and run one batch-1 input. Each proces
 before the load call to the first output (``import torch`` excluded, measured apart). The program
 form is measured twice: with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR`` pointed at a new
 folder: the first start on a machine) and with the cache the previous start filled (every later
-start). Results: benchmarks/results/first_result.json.
+start). The program is also loaded with qcli's loader and a compile cache (``QCLI_COMPILE_CACHE``:
+the first start compiles an AOTInductor package for the input shape into it, later starts load
+that), cold and warm. Results: benchmarks/results/first_result.json.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ elif form == "package_qcli":  # qcli's loader: the C++ package loader, this mode
     from pathlib import Path
     from qcli.artifact import load_artifact
     model = load_artifact(Path(path)).run
+elif form == "program_qcli":  # qcli's loader with a compile cache (QCLI_COMPILE_CACHE, set by the parent)
+    from pathlib import Path
+    from qcli.artifact import load_artifact
+    model = load_artifact(Path(path)).run
 else:
     import torch._inductor.config
     import torch.ao.quantization.fx._decomposed  # registers the quantize ops
@@ -58,7 +64,7 @@ print(json.dumps({"load": t1 - t0, "first_result": t2 - t0}))
 
 
 def child(form: str, path: Path, shape: list[int], cache: Path) -> dict[str, float]:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "QCLI_COMPILE_CACHE": str(cache / "qcli")}
     out = subprocess.run([sys.executable, "-c", CHILD, form, str(path), json.dumps(shape)], env=env,
                          check=True, capture_output=True, text=True).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
@@ -97,6 +103,9 @@ def main() -> int:
             cold = [child("program", program, shape, root / f"cache-{name}-{i}") for i in range(RUNS)]
             warm = [child("program", program, shape, root / f"cache-{name}-0") for _ in range(RUNS)]
             entry["program_cold_cache"], entry["program_warm_cache"] = cold, warm
+            cold = [child("program_qcli", program, shape, root / f"cache-{name}-qcli-{i}") for i in range(RUNS)]
+            warm = [child("program_qcli", program, shape, root / f"cache-{name}-qcli-0") for _ in range(RUNS)]
+            entry["program_qcli_cold_cache"], entry["program_qcli_warm_cache"] = cold, warm
             report["models"][name] = {
                 k: {"median_first_result_s": statistics.median(r["first_result"] for r in v),
                     "median_load_s": statistics.median(r["load"] for r in v)}

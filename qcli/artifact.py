@@ -17,6 +17,7 @@ CPU features it was compiled for. Both are written atomically.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,8 +228,13 @@ def split_batch(batch: int, sizes_desc: list[int]) -> list[int] | None:
     return plan if left == 0 else None
 
 
-def load_artifact(path: Path) -> Artifact:
-    """Load either form, checking format version and (for a package) the CPU features it needs."""
+def load_artifact(path: Path, compile_cache: Path | None = None) -> Artifact:
+    """Load either form, checking format version and (for a package) the CPU features it needs.
+
+    A program is compiled on its first call of each input shape. With ``compile_cache`` (or the
+    ``QCLI_COMPILE_CACHE`` environment variable) naming a folder, that compile is an AOTInductor
+    package kept there (``CompiledCache``), so later starts load it in a fraction of a second.
+    """
     import torch
 
     meta = read_metadata(path)
@@ -264,17 +270,16 @@ def load_artifact(path: Path) -> Artifact:
             return [torch.cat(parts) for parts in zip(*outs, strict=True)]
 
         return Artifact(path, meta, run_package)
+    cache = compile_cache if compile_cache is not None else compile_cache_from_env()
+    if cache is not None:
+        return Artifact(path, meta, CompiledCache(path, meta, cache))
+    module = load_program_module(path)
     import torch._inductor.config as inductor_config
-    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantize ops)
 
-    with engine.quiet():
-        program = torch.export.load(str(path))
     inductor_config.freezing = True
     # static shapes: recompiling this frozen INT8 graph with a dynamic batch (the default on the
     # second batch size) generates code that asserts wrong strides in torch 2.13; each new batch
     # size compiles once (a few seconds) instead
-    module = program.module()
-    engine.strip_shape_asserts(module)
     compiled = torch.compile(module, dynamic=False)
 
     def run(*inputs: Any) -> Any:
@@ -282,3 +287,86 @@ def load_artifact(path: Path) -> Artifact:
             return compiled(*inputs)
 
     return Artifact(path, meta, run)
+
+
+def load_program_module(path: Path) -> Any:
+    """The exported program's module, with the shape checks that stop Inductor's INT8 fusions removed."""
+    import torch
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantize ops)
+
+    with engine.quiet():
+        program = torch.export.load(str(path))
+    module = program.module()
+    engine.strip_shape_asserts(module)
+    return module
+
+
+COMPILE_CACHE_ENV = "QCLI_COMPILE_CACHE"
+
+
+def compile_cache_from_env() -> Path | None:
+    value = os.environ.get(COMPILE_CACHE_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+class CompiledCache:
+    """Runs a program through AOTInductor packages compiled once per input shape and kept in a folder.
+
+    ``torch.compile`` redoes all of Inductor's work on every start of a program form: Inductor's
+    graph cache refuses an INT8 graph ("mkldnn tensors unpickleable": the pre-packed oneDNN
+    weights), so only its C++ compiles are reused and a start took 6-9 s with a warm cache. Here the
+    first call of a shape compiles a package for it (about as long as a cold ``torch.compile``);
+    every later start with that shape loads the package with the C++ loader. A package is specific
+    to the artifact's bytes, the input shapes and dtypes, the thread count (oneDNN's weight layout),
+    the CPU and the torch and qcli versions: its file name is a hash of all of them.
+    """
+
+    def __init__(self, path: Path, metadata: dict[str, Any], folder: Path) -> None:
+        from qcli.files import sha256_file
+
+        self.path, self.metadata, self.folder = path, metadata, folder
+        self.artifact_sha256 = sha256_file(path)
+        self.runners: dict[Any, Any] = {}
+        self.module: Any = None
+
+    def package_path(self, inputs: tuple[Any, ...]) -> Path:
+        import hashlib
+
+        import torch
+
+        key = {
+            "artifact_sha256": self.artifact_sha256,
+            "inputs": [[list(t.shape), str(t.dtype)] for t in inputs],
+            "threads": torch.get_num_threads(),
+            "cpu_capability": hardware.capability(),
+            "torch": str(torch.__version__),
+            "qcli": __version__,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.folder / f"{self.path.stem}-{digest}.pt2"
+
+    def __call__(self, *inputs: Any) -> Any:
+        shapes = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        runner = self.runners.get(shapes)
+        if runner is None:
+            runner = self.runners[shapes] = self.load_or_compile(inputs)
+        return runner(*inputs)
+
+    def load_or_compile(self, inputs: tuple[Any, ...]) -> Any:
+        package = self.package_path(inputs)
+        if not package.is_file():
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ArtifactError(
+                    f"compile cache folder '{self.folder}' cannot be created ({exc.strerror or exc}); "
+                    f"point {COMPILE_CACHE_ENV} at a writable folder or unset it",
+                    path=self.path,
+                ) from None
+            if self.module is None:
+                self.module = load_program_module(self.path)
+            metadata = {k: v for k, v in self.metadata.items() if k != "form"}
+            metadata["compiled_from"] = {"artifact": self.path.name, "sha256": self.artifact_sha256}
+            write_package(self.module, tuple(inputs), package, metadata, [int(inputs[0].shape[0])])
+        with engine.quiet():
+            return package_runner(package, "model")

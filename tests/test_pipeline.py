@@ -156,6 +156,44 @@ def test_artifact_runs_in_a_fresh_process_with_plain_torch(form, demo_artifacts,
                 assert metrics.top1_agreement_hits(expected[: min(rows, 16)], out[:16]) == min(rows, 16)
 
 
+def test_compile_cache_compiles_each_shape_once_then_loads_it(tmp_path, monkeypatch, demo_artifacts, eval_batch):
+    """QCLI_COMPILE_CACHE: a program's first call of a shape writes a package for it; a later load
+    runs that package without compiling anything, with the outputs of the compiled package form."""
+    from qcli import artifact as artifact_module
+    from qcli.files import sha256_file
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QCLI_COMPILE_CACHE", str(cache))
+    program = demo_artifacts["program"]
+    x = eval_batch[0][:4].clone()
+    with torch.no_grad():
+        first = load_artifact(program).run(x)
+        expected = load_artifact(demo_artifacts["package"]).run(x)
+    (package,) = cache.glob("*.pt2")
+    meta = read_metadata(package)
+    assert meta["form"] == "package" and meta["compiled_from"]["sha256"] == sha256_file(program)
+    assert meta["package_models"] == {"4": "model"} and meta["layers"] == read_metadata(program)["layers"]
+    assert metrics.top1_agreement_hits(expected, first) == 4
+
+    def compile_again(*args, **kwargs):
+        raise AssertionError("the cached package was compiled again")
+
+    monkeypatch.setattr(artifact_module, "write_package", compile_again)
+    monkeypatch.setattr(artifact_module, "load_program_module", compile_again)
+    with torch.no_grad():
+        again = load_artifact(program).run(x)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="compiled again"):  # another shape is another package
+        load_artifact(program).run(x[:2].clone())
+
+
+def test_compile_cache_in_an_unusable_folder_is_a_clean_error(tmp_path, monkeypatch, demo_artifacts, eval_batch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("QCLI_COMPILE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(ArtifactError, match="compile cache folder .* cannot be created"):
+        load_artifact(demo_artifacts["program"]).run(eval_batch[0][:1].clone())
+
+
 def test_residual_on_input_never_writes_into_the_callers_tensor(tmp_path, residual_model_file):
     model, calib = residual_model_file
     arch = ArchSpec.parse("models:residual_mlp")
