@@ -156,6 +156,22 @@ def test_artifact_runs_in_a_fresh_process_with_plain_torch(form, demo_artifacts,
                 assert metrics.top1_agreement_hits(expected[: min(rows, 16)], out[:16]) == min(rows, 16)
 
 
+def test_package_runner_realigns_every_packed_weight_and_keeps_the_outputs(demo_artifacts, eval_batch):
+    """qcli's package runner replaces the oneDNN weights AOTInductor left 16 bytes off a 64-byte
+    boundary with aligned copies: all 10 INT8 layers' weights, and bit-identical outputs."""
+    from torch._inductor.package import load_package
+
+    from qcli.artifact import package_runner
+
+    path = demo_artifacts["package"]
+    runner = package_runner(path, "model")
+    assert len(runner.weights) == len(read_metadata(path)["layers"]) == 10
+    assert all(w.layout == torch._mkldnn for w in runner.weights.values())
+    x = eval_batch[0][:1].clone()
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), load_package(str(path), "model")(x), rtol=0, atol=0)
+
+
 def test_compile_cache_compiles_each_shape_once_then_loads_it(tmp_path, monkeypatch, demo_artifacts, eval_batch):
     """QCLI_COMPILE_CACHE: a program's first call of a shape writes a package for it; a later load
     runs that package without compiling anything, with the outputs of the compiled package form."""
