@@ -248,10 +248,11 @@ def realign_weights(runner: Any) -> dict[str, Any]:
     except (AttributeError, RuntimeError):  # a torch without these runner methods: leave it as it is
         return {}
     uses = collections.Counter(names.values())
+    mkldnn = torch._mkldnn  # type: ignore[attr-defined]  # oneDNN packed layout, missing from the stubs
     copies = {
         internal: constants[original].clone()
         for internal, original in names.items()
-        if uses[original] == 1 and original in constants and constants[original].layout == torch._mkldnn
+        if uses[original] == 1 and original in constants and constants[original].layout == mkldnn
     }
     if copies:
         runner.update_constant_buffer(copies, False, False, True)  # active buffer, partial, user-managed
