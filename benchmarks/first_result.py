@@ -42,13 +42,9 @@ t0 = time.perf_counter()
 if form == "package":
     from torch._inductor.package import load_package
     model = load_package(path, "model")
-elif form == "package_qcli":  # qcli's loader: the C++ package loader, this model only
-    from pathlib import Path
-    from qcli.artifact import load_artifact
-    model = load_artifact(Path(path)).run
-elif form == "program_qcli":  # qcli's loader with a compile cache (QCLI_COMPILE_CACHE, set by the parent)
-    from pathlib import Path
-    from qcli.artifact import load_artifact
+elif form in ("package_qcli", "program_qcli"):  # qcli's loader: torch's C++ model runner, this model
+    from pathlib import Path                      # only; a program compiles into QCLI_COMPILE_CACHE
+    from qcli.artifact import load_artifact      # (set by the parent) on its first start
     model = load_artifact(Path(path)).run
 else:
     import torch._inductor.config

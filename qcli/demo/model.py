@@ -109,54 +109,46 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
-class MobileDigitNet(nn.Module):
+class InvertedResidualNet(nn.Module):
+    """The MobileNetV2 layout at any size: a 3x3 stem convolution, inverted-residual blocks
+    (``blocks``: output channels, stride, expansion of each), a 1x1 head convolution, average
+    pooling and a linear classifier."""
+
+    def __init__(
+        self, cin: int, stem: int, stem_stride: int, blocks: list[tuple[int, int, int]], head: int, num_classes: int
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn_act(cin, stem, stride=stem_stride)]
+        channels = stem
+        for cout, stride, expand in blocks:
+            layers.append(InvertedResidual(channels, cout, stride, expand))
+            channels = cout
+        layers.append(conv_bn_act(channels, head, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(head, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class MobileDigitNet(InvertedResidualNet):
     """A MobileNetV2-style network for 1x28x28 digits (depthwise-separable blocks, ReLU6)."""
 
     def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        cfg = [(16, 1, 1), (24, 2, 4), (24, 1, 4), (32, 2, 4), (32, 1, 4), (64, 1, 4)]  # cout, stride, expand
-        blocks: list[nn.Module] = [conv_bn_act(1, 16)]
-        cin = 16
-        for cout, stride, expand in cfg:
-            blocks.append(InvertedResidual(cin, cout, stride, expand))
-            cin = cout
-        blocks.append(conv_bn_act(cin, 128, kernel=1))
-        self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        blocks = [(16, 1, 1), (24, 2, 4), (24, 1, 4), (32, 2, 4), (32, 1, 4), (64, 1, 4)]  # cout, stride, expand
+        super().__init__(1, 16, 1, blocks, 128, num_classes)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(InvertedResidualNet):
     """MobileNetV2 layout (Sandler et al. 2018, width 1.0) for 3x224x224 inputs, 3.5M parameters."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        # (expansion, channels, repeats, first stride), as in the paper's Table 2
-        cfg = [
-            (1, 16, 1, 1),
-            (6, 24, 2, 2),
-            (6, 32, 3, 2),
-            (6, 64, 4, 2),
-            (6, 96, 3, 1),
-            (6, 160, 3, 2),
-            (6, 320, 1, 1),
-        ]
-        blocks: list[nn.Module] = [conv_bn_act(3, 32, stride=2)]
-        cin = 32
-        for expand, cout, repeats, stride in cfg:
-            for i in range(repeats):
-                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
-                cin = cout
-        blocks.append(conv_bn_act(cin, 1280, kernel=1))
-        self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(1280, num_classes)
+    # (expansion, channels, repeats, first stride), as in the paper's Table 2
+    TABLE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+    def __init__(self, num_classes: int = 1000) -> None:
+        blocks = [(c, s if i == 0 else 1, t) for t, c, n, s in self.TABLE for i in range(n)]
+        super().__init__(3, 32, 2, blocks, 1280, num_classes)
 
 
 class PReLUDigitNet(nn.Module):
