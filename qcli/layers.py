@@ -150,7 +150,13 @@ def bias_correct(fp32_graph: Any, int8_graph: Any, samples: tuple[Any, ...]) -> 
         tensor = engine.get_attr(int8_graph, str(bias.target))
         if tensor.shape != delta.shape:
             continue
-        with torch.no_grad():
-            tensor.add_(delta.to(tensor.dtype))
+        # a new tensor, not add_: a bias the conversion did not fold (a Linear's) is still the
+        # source module's own parameter, which must stay FP32's
+        owner_path, _, attr = str(bias.target).rpartition(".")
+        owner = engine.get_attr(int8_graph, owner_path) if owner_path else int8_graph
+        corrected = tensor.detach() + delta.to(tensor.dtype)
+        if isinstance(tensor, torch.nn.Parameter):
+            corrected = torch.nn.Parameter(corrected, requires_grad=False)
+        setattr(owner, attr, corrected)
         changes.append({"name": key[0], "mean_abs_shift": float(delta.abs().mean())})
     return changes

@@ -196,6 +196,7 @@ def test_bias_correction_removes_the_mean_error(demo_stats, demo_model):
 
     stats, spec = demo_stats
     samples = stats.samples()
+    source = {k: v.clone() for k, v in demo_model.module.state_dict().items()}
     results = {}
     for correct in (False, True):
         prepared = prepare(demo_model, stats.example(), spec)
@@ -216,6 +217,8 @@ def test_bias_correction_removes_the_mean_error(demo_stats, demo_model):
             )
             assert (y_ref - y_q).mean(dim=(0, 2, 3)).abs().max() < 1e-3
     assert results[True] >= results[False] - 0.2, results
+    unchanged = demo_model.module.state_dict()  # the FP32 model itself is never corrected
+    assert all(torch.equal(unchanged[k], v) for k, v in source.items())
 
 
 @pytest.mark.parametrize(
