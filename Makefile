@@ -20,7 +20,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-slow test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
 
 install: $(STAMP)
 
@@ -50,8 +50,6 @@ chromium:
 test: install chromium
 	$(BIN)/pytest -m "not slow" -q
 
-test-slow: install
-	$(BIN)/pytest -m slow -q
 
 test-all: install chromium
 	$(BIN)/pytest -q
@@ -64,13 +62,12 @@ fuzz: install
 bad-inputs-table: install
 	$(BIN)/python tests/bad_inputs.py > docs/bad-inputs.md
 
+# ruff and mypy are pinned in requirements.txt; .ci/run runs both before the tests
 lint: install
-	$(BIN)/pip install -q ruff
 	$(BIN)/ruff check qcli tests benchmarks
 	$(BIN)/ruff format --check qcli tests benchmarks
 
 typecheck: install
-	$(BIN)/pip install -q mypy
 	$(BIN)/mypy qcli
 
 help:

@@ -1,43 +1,50 @@
-"""One function per command, usable from Python without the CLI; each returns a JSON-ready report.
+"""One function per command, usable from Python without the CLI; each returns a typed report
+(``qcli.reports``) whose ``to_dict()`` is the command's JSON document.
 
+Options come as the frozen objects of ``qcli.options``; paths may be ``str`` or ``os.PathLike``.
 ``track`` arguments accept a callable ``(iterable, total) -> iterable`` that the CLI uses for a
 progress bar; the default does nothing.
 """
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcli import __version__, engine, hardware
-from qcli.calibrate import Stats, apply_stats, calibrate, check_stats, identity_track, load_stats, prepare, save_stats
-from qcli.config import Recipe
+from qcli import __version__
+from qcli.calibrate import (
+    Prepared,
+    Stats,
+    Track,
+    apply_stats,
+    calibrate,
+    check_stats,
+    identity_track,
+    load_stats,
+    prepare,
+    save_stats,
+)
+from qcli.config import Recipe, to_toml
 from qcli.data import SampleFolder, infer_input_spec
-from qcli.errors import DataError, GateFailed, QcliError
+from qcli.errors import GateFailed, OptionError
 from qcli.files import atomic_output, check_output, require_file, sha256_file
 from qcli.load import ArchSpec, LoadedModel, load_model
+from qcli.options import BenchOptions, CalibrationOptions, ConvertOptions
+from qcli.reports import (
+    ArtifactInfo,
+    BaselineReport,
+    BenchReport,
+    CalibrateReport,
+    ConvertReport,
+    Gates,
+    ModelInfo,
+    StatsFile,
+    WrittenFile,
+)
 
-SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CalibrationOptions:
-    """Options shared by ``calibrate`` and ``convert --calib-dir``; checked on creation."""
-
-    limit: int | None = None
-    seed: int | None = None
-    batch_size: int = 32
-    mode: str = "static"
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit <= 0:
-            raise DataError(f"--limit must be a positive number of samples, not {self.limit}")
-        if self.batch_size <= 0:
-            raise DataError(f"--batch-size must be positive, not {self.batch_size}")
-        if self.mode not in engine.MODES:
-            raise QcliError(f"--mode must be one of {', '.join(engine.MODES)}, not '{self.mode}'")
+PathLike = str | os.PathLike[str]
 
 
 def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, Any]:
@@ -57,466 +64,423 @@ def use_threads(threads: int | None) -> None:
     if threads is None:
         return
     if threads <= 0:
-        raise QcliError(f"--threads must be positive, not {threads}")
+        raise OptionError(f"{{threads}} must be positive, not {threads}")
     import torch
 
     torch.set_num_threads(threads)
 
 
 def calibrate_model(
-    model: Path,
-    calib_dir: Path,
-    out: Path,
+    model: PathLike,
+    calib_dir: PathLike,
+    out: PathLike,
     *,
     arch: ArchSpec | None = None,
     recipe: Recipe | None = None,
     options: CalibrationOptions | None = None,
     force: bool = False,
-    track: Any = identity_track,
-) -> dict[str, Any]:
-    """``qcli calibrate``: observe the folder and write the statistics file."""
+    track: Track = identity_track,
+) -> CalibrateReport:
+    """``qcli calibrate``: observe the folder and write the statistics file.
+
+    Example:
+        >>> from qcli import demo
+        >>> report = calibrate_model(demo.WEIGHTS, demo.CALIB_DIR, "stats.safetensors",
+        ...                          arch=ArchSpec.parse(demo.ARCH), options=CalibrationOptions(limit=64))
+        >>> report.samples
+        64
+    """
+    model, out = Path(model), Path(out)
     recipe, options = recipe or Recipe(), options or CalibrationOptions()
     check_output(out, force)
     loaded = load_model(model, arch)
-    folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
-    result = calibrate(
-        loaded, folder, mode=options.mode, batch_size=options.batch_size, limit=options.limit, track=track
-    )
-    save_stats(
-        out,
-        result.prepared,
-        {
-            "model_sha256": loaded.sha256,
-            "model_file": loaded.path.name,
-            "calibration": result.manifest,
-            "config": _effective_config(recipe, options),
-        },
-        result.samples,
-    )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": "calibrate",
-        "model": {"path": str(model), "format": loaded.format, "sha256": loaded.sha256},
-        "stats": {
-            "path": str(out),
-            "size_bytes": out.stat().st_size,
-            "observers": len(engine.observers(result.prepared.graph)),
-        },
-        "samples": result.manifest["samples"],
-        "mode": options.mode,
+    folder = SampleFolder.open(Path(calib_dir), recipe.preprocess, seed=options.seed)
+    result = calibrate(loaded, folder, options, track=track)
+    meta = {
+        "model_sha256": loaded.sha256,
+        "model_file": loaded.path.name,
+        "calibration": result.manifest,
+        "config": _effective_config(recipe, options),
     }
+    save_stats(out, result.prepared, meta, result.samples)
+    from qcli import graph
+
+    stats = StatsFile(str(out), out.stat().st_size, len(graph.observers(result.prepared.graph)))
+    return CalibrateReport(ModelInfo.of(model, loaded), stats, result.manifest["samples"], options.mode)
+
+
+@dataclass
+class Calibrated:
+    """An observed graph ready to convert, and where its statistics came from."""
+
+    prepared: Prepared
+    calibration: dict[str, Any]  # manifest of the samples (and the stats file, when one was used)
+    samples: tuple[Any, ...] | None  # kept calibration samples, for the per-layer report
+    config: dict[str, Any]  # effective configuration of the calibration
 
 
 def convert_model_file(
-    model: Path,
-    out: Path,
+    model: PathLike,
+    out: PathLike,
     *,
-    stats: Path | None = None,
-    calib_dir: Path | None = None,
+    stats: PathLike | None = None,
+    calib_dir: PathLike | None = None,
     arch: ArchSpec | None = None,
     recipe: Recipe | None = None,
-    options: CalibrationOptions | None = None,
-    form: str = "package",
-    package_batch_sizes: list[int] | None = None,
+    options: ConvertOptions | None = None,
     force: bool = False,
-    save_config: Path | None = None,
-    method: str = "histogram",
-    percentile: float = 99.99,
-    exclude: tuple[str, ...] | list[str] = (),
-    max_drop: float | None = None,
-    eval_dir: Path | None = None,
-    eval_limit: int | None = None,
-    max_trials: int = 20,
-    timeout: float | None = None,
-    bias_correction: bool = False,
-    weights: str = "per-channel",
-    threads: int | None = None,
-    track: Any = identity_track,
-) -> dict[str, Any]:
+    save_config: PathLike | None = None,
+    track: Track = identity_track,
+) -> ConvertReport:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
 
     ``save_config`` also writes the effective configuration as a TOML recipe (the artifact's
-    metadata carries the same configuration). With ``max_drop`` and ``eval_dir``, layers fall
-    back to FP32 until the accuracy drop is within budget (``qcli.search``); the best artifact
-    found is always written, and ``GateFailed`` (exit 3) is raised after it when the budget is
-    not met.
+    metadata carries the same configuration). With ``options.search``, layers fall back to FP32
+    until the accuracy drop is within budget (``qcli.search``); the best artifact found is always
+    written, and ``GateFailed`` (exit 3) is raised after it when the budget is not met.
+
+    Example:
+        >>> from qcli import demo
+        >>> report = convert_model_file(demo.WEIGHTS, "digits-int8.pt2", calib_dir=demo.CALIB_DIR,
+        ...                             arch=ArchSpec.parse(demo.ARCH), options=ConvertOptions(method="entropy"))
+        >>> report.quantized_layers
+        10
     """
-    from qcli.config import to_toml
-    from qcli.convert import METHODS, convert_model, program_path, resolve_excludes
-
-    if method not in METHODS:
-        raise QcliError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
-    if not 50 < percentile <= 100:
-        raise QcliError(f"--percentile must be in (50, 100], not {percentile:g}")
-
-    recipe, options = recipe or Recipe(), options or CalibrationOptions()
-    package_batch_sizes = package_batch_sizes or [1, 16]
-    if (stats is None) == (calib_dir is None):
-        raise QcliError("pass exactly one of --stats STATS.safetensors or --calib-dir DIR")
-    check_output(out, force)
-    if form == "both":
-        check_output(program_path(out), force)
-    if save_config is not None:
-        check_output(save_config, force)
-    if (max_drop is None) != (eval_dir is None):
-        raise QcliError("--max-drop and --eval-dir go together: the search measures accuracy on the evaluation folder")
-    if max_drop is not None and max_drop < 0:
-        raise QcliError(f"--max-drop must be at least 0 points, not {max_drop:g}")
-    if max_trials < 1:
-        raise QcliError(f"--max-trials must be at least 1, not {max_trials}")
-    use_threads(threads)  # oneDNN packs weights for the thread count it compiles with
+    model, out = Path(model), Path(out)
+    recipe, options = recipe or Recipe(), options or ConvertOptions()
+    saved_config = Path(save_config) if save_config is not None else None
+    _check_convert_outputs(out, options, saved_config, force, stats, calib_dir)
+    use_threads(options.threads)  # oneDNN packs weights for the thread count it compiles with
     loaded = load_model(model, arch)
-    excluded = resolve_excludes(loaded.module, tuple(exclude))
-    if stats is not None:
-        require_file(stats, "statistics file")
-        saved: Stats = load_stats(stats)
-        spec = infer_input_spec(loaded.module)
-        check_stats(saved, loaded.sha256, options.mode)
-        prepared = prepare(loaded, saved.example(), spec, options.mode, excluded, weights)
-        report_samples = saved.samples()
-        apply_stats(prepared, saved, loaded.sha256, fill_from=report_samples)
-        calibration = {
-            **saved.meta.get("calibration", {}),
-            "stats_file": stats.name,
-            "stats_sha256": sha256_file(stats),
-        }
-        config = saved.meta.get("config", {})
-    else:
-        assert calib_dir is not None
-        folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.seed)
-        result = calibrate(
-            loaded,
-            folder,
-            mode=options.mode,
-            batch_size=options.batch_size,
-            limit=options.limit,
-            exclude=excluded,
-            weights=weights,
-            track=track,
-        )
-        prepared, calibration, report_samples = result.prepared, result.manifest, result.samples
-        config = _effective_config(recipe, options)
-    searched = None
-    if max_drop is not None and eval_dir is not None:
-        searched = _search(
-            loaded,
-            prepared,
-            excluded,
-            report_samples,
-            eval_dir,
-            eval_limit,
-            recipe,
-            max_drop,
-            max_trials,
-            timeout,
-            method,
-            percentile,
-        )
-        if searched.best.excluded != excluded:
-            best = prepare(loaded, prepared.example, prepared.spec, prepared.mode, searched.best.excluded, weights)
-            from qcli.search import snapshot
+    from qcli.convert import resolve_excludes
 
-            apply_stats(best, snapshot(prepared, loaded), loaded.sha256, fill_from=report_samples)
-            prepared, excluded = best, searched.best.excluded
-    config = {
-        **config,
-        "convert": {
-            **(config.get("calibrate") or {}),
-            "mode": prepared.mode,
-            "method": method,
-            "percentile": percentile if method == "percentile" else None,
-            "exclude": list(excluded) or None,
-            "bias_correction": bias_correction,
-            "weights": weights,
-            "form": form,
-            "package_batch_sizes": package_batch_sizes,
-            "threads": threads,
-        },
-    }
-    conversion = convert_model(
-        loaded,
-        prepared,
-        out,
-        form=form,
-        package_batch_sizes=package_batch_sizes,
-        calibration=calibration,
-        config=config,
-        method=method,
-        percentile=percentile,
-        report_samples=report_samples,
-        search=searched.to_dict(max_drop) if searched is not None and max_drop is not None else None,
-        bias_correction=bias_correction,
-    )
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "command": "convert",
-        "model": {"path": str(model), "format": loaded.format, "size_bytes": loaded.size_bytes},
-        "outputs": {f: {"path": p, "size_bytes": Path(p).stat().st_size} for f, p in conversion.outputs.items()},
-        "mode": prepared.mode,
-        "quantized_layers": sum(1 for la in conversion.layers if la.quantized),
-        "layers": [la.to_dict() for la in conversion.layers],
-        "calibration_samples": calibration.get("samples"),
-        "config": config,
-        "saved_config": None,
-        "per_layer": conversion.metadata.get("per_layer"),
-        "suggested_exclude": conversion.metadata.get("suggested_exclude") or [],
-        "search": conversion.metadata.get("search"),
-        "bias_correction": conversion.metadata.get("bias_correction"),
-    }
-    if save_config is not None:
-        header = f"Effective configuration of `qcli convert` for {loaded.path.name} (qcli {__version__}).\nUse it again with --config; flags on the command line win."
-        with atomic_output(save_config) as tmp:
-            tmp.write_text(to_toml(config, header), encoding="utf-8")
-        report["saved_config"] = str(save_config)
+    excluded = resolve_excludes(loaded.module, options.exclude)
+    if stats is not None:
+        source = _from_stats(loaded, Path(stats), excluded, options)
+    else:
+        assert calib_dir is not None  # _check_convert_outputs made sure of one of the two
+        source = _from_folder(loaded, Path(calib_dir), excluded, options, recipe, track)
+    searched = _search(loaded, source, options, recipe) if options.search is not None else None
+    report = _convert(model, loaded, out, source, options, searched)
+    if saved_config is not None:
+        _write_config(saved_config, report.config, loaded)
+        report.saved_config = str(saved_config)
     if searched is not None and not searched.met:
-        raise GateFailed(
-            f"--max-drop {max_drop:g} not met: the best trial dropped {searched.best.drop:.2f} points with "
-            f"{len(searched.best.excluded)} layer(s) in FP32 ({searched.stopped_by}); it was written anyway",
-            report=report,
-        )
+        raise GateFailed(_search_failure(searched, options), report=report)
     return report
 
 
-def _search(
-    loaded: Any,
-    prepared: Any,
-    excluded: tuple[str, ...],
-    samples: Any,
-    eval_dir: Path,
-    eval_limit: int | None,
-    recipe: Recipe,
-    max_drop: float,
-    max_trials: int,
-    timeout: float | None,
-    method: str,
-    percentile: float,
-) -> Any:
-    from qcli.evaluate import evaluate
-    from qcli.search import search
+def _check_convert_outputs(
+    out: Path,
+    options: ConvertOptions,
+    save_config: Path | None,
+    force: bool,
+    stats: PathLike | None,
+    calib_dir: PathLike | None,
+) -> None:
+    """Fail before any work on the inputs' combination and on outputs that cannot be written."""
+    from qcli.convert import program_path
 
-    folder = SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder")
+    if (stats is None) == (calib_dir is None):
+        raise OptionError("pass exactly one of {stats} STATS.safetensors or {calib_dir} DIR")
+    check_output(out, force)
+    if options.form == "both":
+        check_output(program_path(out), force)
+    if save_config is not None:
+        check_output(save_config, force)
+
+
+def _from_stats(
+    loaded: LoadedModel, stats_path: Path, excluded: tuple[str, ...], options: ConvertOptions
+) -> Calibrated:
+    """The observed graph with the statistics of an earlier ``calibrate`` loaded into it."""
+    require_file(stats_path, "statistics file")
+    saved: Stats = load_stats(stats_path)
+    spec = infer_input_spec(loaded.module)
+    check_stats(saved, loaded.sha256, options.mode)
+    prepared = prepare(loaded, saved.example(), spec, options.mode, excluded, options.weights)
+    samples = saved.samples()
+    apply_stats(prepared, saved, loaded.sha256, fill_from=samples)
+    calibration = {
+        **saved.meta.get("calibration", {}),
+        "stats_file": stats_path.name,
+        "stats_sha256": sha256_file(stats_path),
+    }
+    return Calibrated(prepared, calibration, samples, saved.meta.get("config", {}))
+
+
+def _from_folder(
+    loaded: LoadedModel,
+    calib_dir: Path,
+    excluded: tuple[str, ...],
+    options: ConvertOptions,
+    recipe: Recipe,
+    track: Track,
+) -> Calibrated:
+    """The observed graph after a calibration pass over ``calib_dir``."""
+    folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.calibration.seed)
+    result = calibrate(loaded, folder, options.calibration, exclude=excluded, weights=options.weights, track=track)
+    return Calibrated(result.prepared, result.manifest, result.samples, _effective_config(recipe, options.calibration))
+
+
+def _search(loaded: LoadedModel, source: Calibrated, options: ConvertOptions, recipe: Recipe) -> Any:
+    """Run the FP32 fall-back search; when its best trial excluded other layers than the user,
+    ``source.prepared`` becomes that trial's graph (same statistics)."""
+    from qcli.evaluate import evaluate
+    from qcli.search import Searcher, search, snapshot
+
+    assert options.search is not None
+    search_options = options.search
+    folder = SampleFolder.open(search_options.eval_dir, recipe.preprocess, what="evaluation folder")
+    prepared = source.prepared
 
     def evaluate_int8(converted: Any) -> Any:
-        return evaluate(loaded.module, converted, folder, prepared.spec, limit=eval_limit)
+        return evaluate(loaded.module, converted, folder, prepared.spec, limit=search_options.eval_limit)
 
-    return search(
-        loaded,
-        prepared,
-        user_excluded=excluded,
-        samples=samples,
-        evaluate_int8=evaluate_int8,
-        max_drop=max_drop,
-        max_trials=max_trials,
-        timeout=timeout,
-        method=method,
-        percentile=percentile,
+    searcher = Searcher(loaded, prepared, source.samples, evaluate_int8, options.method, options.percentile)
+    result = search(searcher, search_options)
+    if result.best.excluded != prepared.exclude:
+        best = prepare(loaded, prepared.example, prepared.spec, prepared.mode, result.best.excluded, prepared.weights)
+        apply_stats(best, snapshot(prepared, loaded), loaded.sha256, fill_from=source.samples)
+        source.prepared = best
+    return result
+
+
+def _convert(
+    model: Path, loaded: LoadedModel, out: Path, source: Calibrated, options: ConvertOptions, searched: Any
+) -> ConvertReport:
+    """Write the artifact and describe it."""
+    from qcli.convert import Provenance, convert_model
+
+    prepared = source.prepared
+    config = {**source.config, "convert": _convert_config(source, options)}
+    search = searched.to_dict(options.search.max_drop) if searched is not None and options.search else None
+    conversion = convert_model(
+        loaded, prepared, out, options, Provenance(source.calibration, config, search), source.samples
+    )
+    meta = conversion.metadata
+    return ConvertReport(
+        model=ModelInfo.of(model, loaded),
+        outputs={form: WrittenFile.of(path) for form, path in conversion.outputs.items()},
+        mode=prepared.mode,
+        quantized_layers=sum(1 for la in conversion.layers if la.quantized),
+        layers=conversion.layers,
+        calibration_samples=source.calibration.get("samples"),
+        config=config,
+        per_layer=meta.get("per_layer"),
+        suggested_exclude=meta.get("suggested_exclude") or [],
+        search=meta.get("search"),
+        bias_correction=meta.get("bias_correction"),
+    )
+
+
+def _convert_config(source: Calibrated, options: ConvertOptions) -> dict[str, Any]:
+    """The ``[convert]`` section of the effective configuration (a recipe ``--config`` reads)."""
+    return {
+        **(source.config.get("calibrate") or {}),
+        "mode": source.prepared.mode,
+        "method": options.method,
+        "percentile": options.percentile if options.method == "percentile" else None,
+        "exclude": list(source.prepared.exclude) or None,
+        "bias_correction": options.bias_correction,
+        "weights": options.weights,
+        "form": options.form,
+        "package_batch_sizes": list(options.package_batch_sizes),
+        "threads": options.threads,
+    }
+
+
+def _write_config(path: Path, config: dict[str, Any], loaded: LoadedModel) -> None:
+    header = (
+        f"Effective configuration of `qcli convert` for {loaded.path.name} (qcli {__version__}).\n"
+        "Use it again with --config; flags on the command line win."
+    )
+    with atomic_output(path) as tmp:
+        tmp.write_text(to_toml(config, header), encoding="utf-8")
+
+
+def _search_failure(searched: Any, options: ConvertOptions) -> str:
+    assert options.search is not None
+    best = searched.best
+    return (
+        f"--max-drop {options.search.max_drop:g} not met: the best trial dropped {best.drop:.2f} points with "
+        f"{len(best.excluded)} layer(s) in FP32 ({searched.stopped_by}); it was written anyway"
     )
 
 
 def bench_model(
-    model: Path,
-    artifact_path: Path | None,
+    model: PathLike,
+    artifact_path: PathLike | None = None,
     *,
     arch: ArchSpec | None = None,
-    eval_dir: Path | None = None,
-    calib_dir: Path | None = None,
+    eval_dir: PathLike | None = None,
+    calib_dir: PathLike | None = None,
     recipe: Recipe | None = None,
-    batch_sizes: list[int] | None = None,
-    threads: int | None = None,
-    warmup: int = 3,
-    runs: int = 20,
-    eval_limit: int | None = None,
-    max_drop: float | None = None,
-    min_speedup: float | None = None,
-    baseline: Path | None = None,
-    latency_tolerance: float = 0.10,
-    accuracy_tolerance: float = 0.5,
-    track: Any = identity_track,
-) -> dict[str, Any]:
+    options: BenchOptions | None = None,
+    track: Track = identity_track,
+) -> BenchReport:
     """``qcli bench``: FP32 eager, FP32 compiled and INT8 side by side; accuracy; gates.
 
-    With ``baseline`` (an earlier report), figures that regressed beyond the tolerances fail the
-    gates too (see ``qcli.baseline``).
+    With ``options.baseline`` (an earlier report), figures that regressed beyond the tolerances
+    fail the gates too (see ``qcli.baseline``). Without an artifact, the model is quantized first
+    from ``calib_dir`` into a temporary file. Raises ``GateFailed`` (exit 3) after the report is
+    complete; the report is its ``report``.
 
-    Without an artifact, the model is quantized first from ``calib_dir`` into a temporary file.
-    Raises ``GateFailed`` (exit 3) after the report is complete; the report is its ``report``.
+    Example:
+        >>> from qcli import demo
+        >>> report = bench_model(demo.WEIGHTS, "digits-int8.pt2", eval_dir=demo.EVAL_DIR,
+        ...                      options=BenchOptions(batch_sizes=(1, 16), max_drop=0.5))
+        >>> report.gates.passed
+        True
     """
-    import torch
-
     from qcli import baseline as baselines
     from qcli import bench
-    from qcli.artifact import load_artifact, read_metadata
-    from qcli.evaluate import evaluate
 
-    recipe = recipe or Recipe()
-    batch_sizes = batch_sizes or [1, 16]
-    baselines.check_tolerances(latency_tolerance, accuracy_tolerance)
-    previous = baselines.load_baseline(baseline) if baseline is not None else None
-    if any(b <= 0 for b in batch_sizes):
-        raise QcliError(f"--batch-sizes must be positive integers, not {batch_sizes}")
-    use_threads(threads)
-    if eval_dir is not None:  # a bad pairs.csv fails now, not after minutes of compiling
+    model = Path(model)
+    recipe, options = recipe or Recipe(), options or BenchOptions()
+    evaluation = Path(eval_dir) if eval_dir is not None else None
+    previous = baselines.load_baseline(options.baseline) if options.baseline is not None else None
+    use_threads(options.threads)
+    if evaluation is not None:  # a bad pairs.csv fails now, not after minutes of compiling
         from qcli.data import read_pairs
 
-        read_pairs(SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder"))
-    loaded: LoadedModel | None = None
+        read_pairs(SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder"))
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
-        if artifact_path is None:
-            if calib_dir is None:
-                raise QcliError("pass an INT8 artifact to compare with, or --calib-dir to quantize the model first")
-            artifact_path = workdir / "int8.pt2"
-            loaded = load_model(model, arch)
-            # a package runs one sequence length; the program any length seen in calibration
-            sequence = infer_input_spec(loaded.module).sequence
-            convert_model_file(
-                model,
-                artifact_path,
-                calib_dir=calib_dir,
-                arch=arch,
-                recipe=recipe,
-                package_batch_sizes=batch_sizes,
-                form="program" if sequence else "package",
-                track=track,
-            )
-        meta = read_metadata(artifact_path)
-        source = meta.get("source") or {}
-        if arch is None and source.get("arch"):
-            arch = ArchSpec(source["arch"], source.get("arch_kwargs") or {})
-            loaded = None  # built without the architecture the artifact names
-        if loaded is None:
-            loaded = load_model(model, arch)
-        if source.get("sha256") and source["sha256"] != loaded.sha256:
-            raise QcliError(
-                f"artifact '{artifact_path}' was made from another model (sha256 {source['sha256'][:12]}…); "
-                f"pass the FP32 model it was converted from"
-            )
-        spec = infer_input_spec(loaded.module)
-        artifact = load_artifact(artifact_path)
-        example = _bench_example(meta, spec, eval_dir or calib_dir, recipe)
-        if meta["form"] == "package":
-            compiled = sorted(int(b) for b in meta["package_models"])
-            missing = [b for b in batch_sizes if b not in compiled]
-            if missing:
-                raise QcliError(
-                    f"artifact '{artifact_path}' was compiled for batch sizes {', '.join(map(str, compiled))}; "
-                    f"bench --batch-sizes within those, or convert with --package-batch-sizes {','.join(map(str, batch_sizes))}"
-                )
-        fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec, batch_sizes, workdir)
-
-        def eager(*args: Any) -> Any:
-            return loaded.module(*args)
-
-        runners = {bench.FP32_EAGER: eager, bench.FP32_COMPILED: fp32_package, bench.INT8: artifact.run}
-        warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads())] if w]
-        timings = bench.benchmark(runners, example, batch_sizes, warmup=warmup, runs=runs)
-        accuracy = None
-        if eval_dir is not None:
-            folder = SampleFolder.open(eval_dir, recipe.preprocess, what="evaluation folder")
-            accuracy = evaluate(eager, artifact.run, folder, spec, limit=eval_limit, track=track)
-        report = {
-            "schema_version": SCHEMA_VERSION,
-            "command": "bench",
-            "model": {
-                "path": str(model),
-                "format": loaded.format,
-                "size_bytes": loaded.size_bytes,
-                "parameters": loaded.num_parameters,
-            },
-            "artifact": {
-                "path": str(artifact_path),
-                "form": meta["form"],
-                "mode": meta.get("mode"),
-                "size_bytes": artifact_path.stat().st_size,
-            },
-            "fp32_compiled_size_bytes": fp32_size,
-            "environment": environment(),
-            "latency": [t.to_dict() for t in timings],
-            "accuracy": accuracy.to_dict() if accuracy else None,
-            "per_layer": meta.get("per_layer"),
-            "suggested_exclude": meta.get("suggested_exclude") or [],
-            "warnings": warnings,
-        }
-    report["baseline"] = None
-    report["gates"] = gates(report, accuracy, timings, max_drop, min_speedup)
-    if previous is not None:
-        assert baseline is not None
-        rows = baselines.compare(report, previous, latency_tolerance, accuracy_tolerance)
-        report["baseline"] = {
-            "path": str(baseline),
-            "latency_tolerance": latency_tolerance,
-            "accuracy_tolerance": accuracy_tolerance,
-            "comparisons": rows,
-        }
-        report["gates"]["failures"] += baselines.failures(rows, latency_tolerance, accuracy_tolerance)
-        report["gates"]["passed"] = not report["gates"]["failures"]
-    if not report["gates"]["passed"]:
-        raise GateFailed("; ".join(report["gates"]["failures"]), report=report)
+        artifact, loaded = _bench_artifact(model, artifact_path, arch, calib_dir, recipe, options, workdir, track)
+        subjects = _bench_subjects(model, artifact, arch, loaded, options)
+        report = _measure(subjects, evaluation or _path(calib_dir), recipe, options, workdir)
+        if evaluation is not None:
+            folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
+            report.accuracy = subjects.evaluate(folder, options.eval_limit, track)
+    _apply_gates(report, options, previous)
+    if not report.gates.passed:
+        raise GateFailed("; ".join(report.gates.failures), report=report)
     return report
 
 
-def _bench_example(meta: dict[str, Any], spec: Any, folder_path: Path | None, recipe: Recipe) -> tuple[Any, ...]:
-    """Up to 16 real samples from the evaluation (or calibration) folder; else seeded random inputs."""
-    import torch
+def _path(value: PathLike | None) -> Path | None:
+    return Path(value) if value is not None else None
 
-    if folder_path is not None:
-        folder = SampleFolder.open(folder_path, recipe.preprocess, seed=0, what="sample folder")
-        batch = next(folder.batches(spec, batch_size=16, limit=16))
-        from qcli.calibrate import args_for
 
-        return args_for(batch.inputs, spec)
-    gen = torch.Generator().manual_seed(0)
-    out = []
-    for item in meta.get("inputs", []):
-        shape = [16, *item["shape"][1:]]
-        dtype = getattr(torch, item["dtype"])
-        out.append(
-            torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+def _bench_artifact(
+    model: Path,
+    artifact_path: PathLike | None,
+    arch: ArchSpec | None,
+    calib_dir: PathLike | None,
+    recipe: Recipe,
+    options: BenchOptions,
+    workdir: Path,
+    track: Track,
+) -> tuple[Path, LoadedModel | None]:
+    """The artifact to measure: the one given, or the model quantized now from ``calib_dir``."""
+    if artifact_path is not None:
+        return Path(artifact_path), None
+    if calib_dir is None:
+        raise OptionError("pass an INT8 artifact to compare with, or {calib_dir} to quantize the model first")
+    out = workdir / "int8.pt2"
+    loaded = load_model(model, arch)
+    # a package runs one sequence length; the program any length seen in calibration
+    form = "program" if infer_input_spec(loaded.module).sequence else "package"
+    convert_options = ConvertOptions(form=form, package_batch_sizes=options.batch_sizes)
+    convert_model_file(model, out, calib_dir=calib_dir, arch=arch, recipe=recipe, options=convert_options, track=track)
+    return out, loaded
+
+
+@dataclass
+class BenchSubjects:
+    """What ``bench`` compares: the FP32 model and the INT8 artifact made from it."""
+
+    model_path: Path
+    artifact_path: Path
+    meta: dict[str, Any]  # the artifact's metadata
+    loaded: LoadedModel
+    artifact: Any  # qcli.artifact.Artifact
+
+    def evaluate(self, folder: SampleFolder, limit: int | None, track: Track) -> Any:
+        """FP32 against INT8 on an evaluation folder (``qcli.evaluate``)."""
+        from qcli.evaluate import evaluate
+
+        spec = infer_input_spec(self.loaded.module)
+        return evaluate(self.loaded.module, self.artifact.run, folder, spec, limit=limit, track=track)
+
+
+def _bench_subjects(
+    model: Path, artifact_path: Path, arch: ArchSpec | None, loaded: LoadedModel | None, options: BenchOptions
+) -> BenchSubjects:
+    """The artifact and the FP32 model it was made from (checked by hash), both loaded."""
+    from qcli import bench
+    from qcli.artifact import load_artifact, read_metadata
+
+    meta = read_metadata(artifact_path)
+    source = meta.get("source") or {}
+    if arch is None and source.get("arch"):
+        arch = ArchSpec(source["arch"], source.get("arch_kwargs") or {})
+        loaded = None  # built without the architecture the artifact names
+    if loaded is None:
+        loaded = load_model(model, arch)
+    if source.get("sha256") and source["sha256"] != loaded.sha256:
+        raise OptionError(
+            f"artifact '{artifact_path}' was made from another model (sha256 {source['sha256'][:12]}…); "
+            "pass the FP32 model it was converted from"
         )
-    if not out:
-        raise QcliError("the artifact records no input shapes; pass --eval-dir with samples")
-    return tuple(out)
+    bench.check_batch_sizes(meta, artifact_path, options.batch_sizes)
+    return BenchSubjects(model, artifact_path, meta, loaded, load_artifact(artifact_path))
 
 
-def environment() -> dict[str, Any]:
+def _measure(
+    subjects: BenchSubjects, samples_dir: Path | None, recipe: Recipe, options: BenchOptions, workdir: Path
+) -> BenchReport:
+    """Latency of FP32 eager, FP32 compiled and INT8, interleaved; the report without accuracy."""
     import torch
 
-    return {
-        "threads": torch.get_num_threads(),
-        "torch_version": str(torch.__version__),
-        "torchao_version": engine.torchao_version(),
-        "qcli_version": __version__,
-        "python": platform.python_version(),
-        "cpu_capability": hardware.capability(),
-        "cpu_features": hardware.int8_features(),
-        "machine": platform.machine(),
-    }
+    from qcli import bench
+
+    meta, loaded, path = subjects.meta, subjects.loaded, subjects.artifact_path
+    spec = infer_input_spec(loaded.module)
+    example = bench.example_inputs(meta, spec, samples_dir, recipe.preprocess)
+    sizes = list(options.batch_sizes)
+    fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec, sizes, workdir)
+    runners = {bench.FP32_EAGER: loaded.module, bench.FP32_COMPILED: fp32_package, bench.INT8: subjects.artifact.run}
+    warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads())] if w]
+    timings = bench.benchmark(runners, example, sizes, warmup=options.warmup, runs=options.runs)
+    return BenchReport(
+        model=ModelInfo.of(subjects.model_path, loaded),
+        artifact=ArtifactInfo(str(path), meta["form"], meta.get("mode"), path.stat().st_size),
+        fp32_compiled_size_bytes=fp32_size,
+        environment=bench.environment(),
+        latency=timings,
+        accuracy=None,
+        gates=Gates(options.max_drop, options.min_speedup),
+        per_layer=meta.get("per_layer"),
+        suggested_exclude=meta.get("suggested_exclude") or [],
+        warnings=warnings,
+    )
 
 
-def gates(
-    report: dict[str, Any], accuracy: Any, timings: list[Any], max_drop: float | None, min_speedup: float | None
-) -> dict[str, Any]:
-    """Check ``--max-drop`` (points) and ``--min-speedup`` (INT8 vs FP32 compiled, every batch size)."""
-    failures = []
-    if max_drop is not None:
-        if accuracy is None:
-            failures.append("--max-drop needs --eval-dir to measure accuracy")
-        elif accuracy.drop > max_drop:
-            what = "top-1 accuracy" if accuracy.labeled else "top-1 agreement with FP32"
-            failures.append(f"{what} dropped {accuracy.drop:.2f} points, more than --max-drop {max_drop:g}")
-    if min_speedup is not None:
-        for t in timings:
-            ratio = t.speedup("fp32_compiled")
-            if ratio is not None and ratio < min_speedup:
-                failures.append(
-                    f"INT8 is {ratio:.2f}x FP32 compiled at batch {t.batch_size}, under --min-speedup {min_speedup:g}"
-                )
-    return {"max_drop": max_drop, "min_speedup": min_speedup, "passed": not failures, "failures": failures}
+def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchReport | None) -> None:
+    """Fill ``report.gates`` (and ``report.baseline``) from the options' thresholds."""
+    from qcli import baseline as baselines
+    from qcli import bench
+
+    report.gates.fail(bench.gate_failures(report.accuracy, report.latency, options.max_drop, options.min_speedup))
+    if previous is None or options.baseline is None:
+        return
+    rows = baselines.compare(report, previous, options.latency_tolerance, options.accuracy_tolerance)
+    report.baseline = BaselineReport(str(options.baseline), options.latency_tolerance, options.accuracy_tolerance, rows)
+    report.gates.fail(baselines.failures(rows, options.latency_tolerance, options.accuracy_tolerance))
 
 
-def inspect_path(path: Path, arch: ArchSpec | None = None) -> dict[str, Any]:
-    """``qcli inspect``."""
+def inspect_path(path: PathLike, arch: ArchSpec | None = None) -> dict[str, Any]:
+    """``qcli inspect``: a JSON-ready description of a model file or a qcli artifact.
+
+    Example:
+        >>> from qcli import demo
+        >>> inspect_path(demo.WEIGHTS, ArchSpec.parse(demo.ARCH))["quantizable_layers"]
+        10
+    """
     from qcli.describe import describe
 
+    path = Path(path)
     require_file(path, "model")
     return describe(path, arch)

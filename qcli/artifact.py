@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcli import __version__, engine, hardware
+from qcli import __version__, engine, hardware, private
+from qcli import graph as graph_helpers
 from qcli.errors import ArtifactError
 from qcli.files import atomic_output, fix_serialization_id, require_file
 from qcli.load import AOTI_PACKAGE, EXPORTED_PROGRAM, QCLI_EXTRA, detect_format
@@ -63,7 +64,6 @@ def write_package(
     is the package's default model; the others are named ``batch<N>``.
     """
     import torch
-    from torch._inductor.package import package_aoti
 
     models = {str(b): package_model_name(b, i == 0) for i, b in enumerate(batch_sizes)}
     meta = {
@@ -86,17 +86,17 @@ def write_package(
             args = engine.first_row_repeated(example, b)
             program = torch.export.export(graph, args)
             module = program.module()
-            engine.strip_shape_asserts(module)
-            files[models[str(b)]] = torch._inductor.aot_compile(
+            graph_helpers.strip_shape_asserts(module)
+            files[models[str(b)]] = private.aot_compile(
                 module,
                 args,
-                options={
+                {
                     "aot_inductor.package": True,
                     "freezing": True,
                     "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
                 },
             )
-        package_aoti(str(tmp), files)
+        private.package_aoti(str(tmp), files)
         fix_serialization_id(tmp)
 
 
@@ -105,7 +105,7 @@ def write_program(program: Any, path: Path, metadata: dict[str, Any]) -> None:
 
     meta = {**metadata, "form": "program"}
     with atomic_output(path) as tmp, engine.quiet():
-        engine.drop_provenance(program)
+        graph_helpers.drop_provenance(program)
         torch.export.save(program, str(tmp), extra_files={QCLI_EXTRA: json.dumps(meta, sort_keys=True)})
         fix_serialization_id(tmp)
 
@@ -203,13 +203,9 @@ def package_runner(path: Path, name: str) -> Any:
 
     It also moves the pre-packed oneDNN weights to 64-byte-aligned memory (``realign_weights``).
     """
-    import torch
-
-    runner_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelContainerRunnerCpu", None)
+    runner_class = private.aoti_runner_class()
     if runner_class is None:  # another torch build: the public, slower way
-        from torch._inductor.package import load_package
-
-        return load_package(str(path), name)
+        return private.load_package(str(path), name)
     with tempfile.TemporaryDirectory(prefix="qcli-package-") as tmp:
         with zipfile.ZipFile(path) as zf:
             zf.extractall(tmp, [n for n in zf.namelist() if f"/data/aotinductor/{name}/" in n])
@@ -240,15 +236,13 @@ def realign_weights(runner: Any) -> dict[str, Any]:
     """
     import collections
 
-    import torch
-
     try:
         names = runner.get_constant_names_to_original_fqns()
         constants = runner.extract_constants_map(False)
     except (AttributeError, RuntimeError):  # a torch without these runner methods: leave it as it is
         return {}
     uses = collections.Counter(names.values())
-    mkldnn = torch._mkldnn  # type: ignore[attr-defined]  # oneDNN packed layout, missing from the stubs
+    mkldnn = private.mkldnn_layout()
     copies = {
         internal: constants[original].clone()
         for internal, original in names.items()
@@ -318,9 +312,7 @@ def load_artifact(path: Path, compile_cache: Path | None = None) -> Artifact:
     if cache is not None:
         return Artifact(path, meta, CompiledCache(path, meta, cache))
     module = load_program_module(path)
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
+    private.inductor_config().freezing = True
     # static shapes: recompiling this frozen INT8 graph with a dynamic batch (the default on the
     # second batch size) generates code that asserts wrong strides in torch 2.13; each new batch
     # size compiles once (a few seconds) instead
@@ -341,7 +333,7 @@ def load_program_module(path: Path) -> Any:
     with engine.quiet():
         program = torch.export.load(str(path))
     module = program.module()
-    engine.strip_shape_asserts(module)
+    graph_helpers.strip_shape_asserts(module)
     return module
 
 

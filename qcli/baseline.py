@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from qcli.errors import ConfigError, QcliError
-
-SCHEMA_VERSION = 1
+from qcli.errors import QcliError
+from qcli.reports import SCHEMA_VERSION, BenchReport, Comparison
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
+def load_baseline(path: Path) -> BenchReport:
     """Read a report written by ``qcli bench --format json`` (or ``-o``); clear errors otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -35,71 +33,56 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise QcliError(
             f"baseline '{path}' has schema_version {data.get('schema_version')!r}; this qcli writes {SCHEMA_VERSION}"
         )
-    return data
-
-
-def check_tolerances(latency: float, accuracy: float) -> None:
-    if not 0 <= latency < 10:
-        raise ConfigError(f"--latency-tolerance is a fraction (0.1 = 10%), not {latency:g}")
-    if not 0 <= accuracy <= 100:
-        raise ConfigError(f"--accuracy-tolerance is in points (0-100), not {accuracy:g}")
+    try:
+        return BenchReport.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise QcliError(f"baseline '{path}' is a damaged `qcli bench` report ({type(exc).__name__}: {exc})") from None
 
 
 def compare(
-    current: dict[str, Any], baseline: dict[str, Any], latency_tolerance: float, accuracy_tolerance: float
-) -> list[dict[str, Any]]:
+    current: BenchReport, baseline: BenchReport, latency_tolerance: float, accuracy_tolerance: float
+) -> list[Comparison]:
     """One entry per compared figure: baseline and current values, the change, and the verdict."""
-    rows: list[dict[str, Any]] = []
-    old_by_batch = {e["batch_size"]: e for e in baseline.get("latency") or []}
-    for entry in current.get("latency") or []:
-        old = old_by_batch.get(entry["batch_size"])
-        if old is None:
+    rows: list[Comparison] = []
+    old_by_batch = {t.batch_size: t for t in baseline.latency}
+    for timing in current.latency:
+        old = old_by_batch.get(timing.batch_size)
+        if old is None or "int8" not in timing.variants or "int8" not in old.variants:
             continue
-        b = entry["batch_size"]
-        now_ms, then_ms = entry["variants"]["int8"]["p50_ms"], old["variants"]["int8"]["p50_ms"]
+        b = timing.batch_size
+        now_ms, then_ms = timing.variants["int8"].p50_ms, old.variants["int8"].p50_ms
         rise = now_ms / then_ms - 1
-        rows.append(_row(f"int8 p50 ms at batch {b}", then_ms, now_ms, rise, rise > latency_tolerance, "%"))
-        now_x, then_x = entry.get("speedup_vs_fp32_compiled"), old.get("speedup_vs_fp32_compiled")
+        rows.append(Comparison(f"int8 p50 ms at batch {b}", then_ms, now_ms, rise, "%", rise > latency_tolerance))
+        now_x, then_x = timing.speedup("fp32_compiled"), old.speedup("fp32_compiled")
         if now_x and then_x:
             fall = now_x / then_x - 1
-            rows.append(
-                _row(f"speedup vs FP32 compiled at batch {b}", then_x, now_x, fall, -fall > latency_tolerance, "%")
-            )
-    acc_now, acc_then = current.get("accuracy"), baseline.get("accuracy")
-    if acc_now and acc_then and acc_now.get("labeled") == acc_then.get("labeled"):
-        key, label = ("int8_top1", "int8 top-1 %") if acc_now["labeled"] else ("top1_agreement", "top-1 agreement %")
-        if acc_now.get(key) is not None and acc_then.get(key) is not None:
-            change = acc_now[key] - acc_then[key]
-            rows.append(_row(label, acc_then[key], acc_now[key], change, -change > accuracy_tolerance, "points"))
+            figure = f"speedup vs FP32 compiled at batch {b}"
+            rows.append(Comparison(figure, then_x, now_x, fall, "%", -fall > latency_tolerance))
+    acc_now, acc_then = current.accuracy, baseline.accuracy
+    if acc_now is not None and acc_then is not None and acc_now.labeled == acc_then.labeled:
+        key, label = ("int8_top1", "int8 top-1 %") if acc_now.labeled else ("top1_agreement", "top-1 agreement %")
+        now, then = getattr(acc_now, key), getattr(acc_then, key)
+        if now is not None and then is not None:
+            change = now - then
+            rows.append(Comparison(label, then, now, change, "points", -change > accuracy_tolerance))
     return rows
 
 
-def _row(figure: str, baseline: float, current: float, change: float, regressed: bool, unit: str) -> dict[str, Any]:
-    return {
-        "figure": figure,
-        "baseline": baseline,
-        "current": current,
-        "change": change,
-        "unit": unit,
-        "regressed": regressed,
-    }
-
-
-def failures(rows: list[dict[str, Any]], latency_tolerance: float, accuracy_tolerance: float) -> list[str]:
+def failures(rows: list[Comparison], latency_tolerance: float, accuracy_tolerance: float) -> list[str]:
     """One sentence per regressed figure, naming it, its values and the tolerance it broke."""
     out = []
     for r in rows:
-        if not r["regressed"]:
+        if not r.regressed:
             continue
-        if r["unit"] == "%":
-            direction = "rose" if r["change"] > 0 else "fell"
+        if r.unit == "%":
+            direction = "rose" if r.change > 0 else "fell"
             out.append(
-                f"baseline: {r['figure']} {direction} {abs(r['change']) * 100:.1f}% "
-                f"({r['baseline']:.3g} -> {r['current']:.3g}; --latency-tolerance {latency_tolerance:g})"
+                f"baseline: {r.figure} {direction} {abs(r.change) * 100:.1f}% "
+                f"({r.baseline:.3g} -> {r.current:.3g}; --latency-tolerance {latency_tolerance:g})"
             )
         else:
             out.append(
-                f"baseline: {r['figure']} fell {-r['change']:.2f} points "
-                f"({r['baseline']:.2f} -> {r['current']:.2f}; --accuracy-tolerance {accuracy_tolerance:g})"
+                f"baseline: {r.figure} fell {-r.change:.2f} points "
+                f"({r.baseline:.2f} -> {r.current:.2f}; --accuracy-tolerance {accuracy_tolerance:g})"
             )
     return out

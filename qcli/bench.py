@@ -12,10 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qcli import engine, metrics
+from qcli import engine, graph, metrics
+from qcli.config import PreprocessConfig
 from qcli.data import InputSpec
+from qcli.errors import OptionError, QcliError
+
+if TYPE_CHECKING:
+    from qcli.evaluate import Accuracy
+    from qcli.reports import Environment
 
 FP32_EAGER, FP32_COMPILED, INT8 = "fp32_eager", "fp32_compiled", "int8"
 
@@ -95,16 +101,15 @@ def compile_fp32_package(
     import torch
 
     from qcli.artifact import base_metadata, load_artifact, write_package
-    from qcli.convert import protect_inputs
 
     if isinstance(module, torch.jit.ScriptModule):
         from qcli.torchscript import to_module
 
         module = to_module(module, example, "model")
-    graph = engine.export(module, example, spec.names, sequence=spec.sequence).module()
-    protect_inputs(graph)
+    module_graph = engine.export(module, example, spec.names, sequence=spec.sequence).module()
+    graph.protect_inputs(module_graph)
     path = workdir / "fp32.pt2"
-    write_package(graph, example, path, {**base_metadata(), "mode": "fp32"}, batch_sizes)
+    write_package(module_graph, example, path, {**base_metadata(), "mode": "fp32"}, batch_sizes)
     return load_artifact(path).run, path.stat().st_size
 
 
@@ -144,3 +149,86 @@ def benchmark(
 
 def temp_workdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="qcli-bench-")
+
+
+def check_batch_sizes(meta: dict[str, Any], path: Path, batch_sizes: tuple[int, ...]) -> None:
+    """A package runs the batch sizes it was compiled for: refuse others before any work."""
+    if meta.get("form") != "package":
+        return
+    compiled = sorted(int(b) for b in meta["package_models"])
+    missing = [b for b in batch_sizes if b not in compiled]
+    if missing:
+        raise OptionError(
+            f"artifact '{path}' was compiled for batch sizes {', '.join(map(str, compiled))}; "
+            f"bench {{batch_sizes}} within those, or convert with {{package_batch_sizes}} "
+            f"{','.join(map(str, batch_sizes))}"
+        )
+
+
+def example_inputs(
+    meta: dict[str, Any], spec: InputSpec, folder_path: Path | None, preprocess: PreprocessConfig
+) -> tuple[Any, ...]:
+    """Up to 16 real samples from the evaluation (or calibration) folder; else seeded random inputs
+    of the shapes the artifact records."""
+    import torch
+
+    if folder_path is not None:
+        from qcli.calibrate import args_for
+        from qcli.data import SampleFolder
+
+        folder = SampleFolder.open(folder_path, preprocess, seed=0, what="sample folder")
+        batch = next(folder.batches(spec, batch_size=16, limit=16))
+        return args_for(batch.inputs, spec)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for item in meta.get("inputs", []):
+        shape = [16, *item["shape"][1:]]
+        dtype = getattr(torch, item["dtype"])
+        out.append(
+            torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+        )
+    if not out:
+        raise QcliError("the artifact records no input shapes; pass an evaluation folder with samples")
+    return tuple(out)
+
+
+def environment() -> Environment:
+    """What decides the timings: threads, versions, CPU."""
+    import platform
+
+    import torch
+
+    from qcli import __version__, hardware
+    from qcli.reports import Environment
+
+    return Environment(
+        threads=torch.get_num_threads(),
+        torch_version=str(torch.__version__),
+        torchao_version=engine.torchao_version(),
+        qcli_version=__version__,
+        python=platform.python_version(),
+        cpu_capability=hardware.capability(),
+        cpu_features=hardware.int8_features(),
+        machine=platform.machine(),
+    )
+
+
+def gate_failures(
+    accuracy: Accuracy | None, timings: list[BatchTiming], max_drop: float | None, min_speedup: float | None
+) -> list[str]:
+    """What fails ``--max-drop`` (points) and ``--min-speedup`` (INT8 vs FP32 compiled, every batch size)."""
+    failures = []
+    if max_drop is not None:
+        if accuracy is None:
+            failures.append("--max-drop needs --eval-dir to measure accuracy")
+        elif accuracy.drop > max_drop:
+            what = "top-1 accuracy" if accuracy.labeled else "top-1 agreement with FP32"
+            failures.append(f"{what} dropped {accuracy.drop:.2f} points, more than --max-drop {max_drop:g}")
+    if min_speedup is not None:
+        for t in timings:
+            ratio = t.speedup(FP32_COMPILED)
+            if ratio is not None and ratio < min_speedup:
+                failures.append(
+                    f"INT8 is {ratio:.2f}x FP32 compiled at batch {t.batch_size}, under --min-speedup {min_speedup:g}"
+                )
+    return failures

@@ -9,16 +9,17 @@ batches through it; ``save_stats``/``load_stats`` keep the observers' state (min
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcli import __version__, engine
-from qcli.data import Batch, InputSpec
+from qcli import __version__, engine, graph
+from qcli.data import Batch, InputSpec, SampleFolder
 from qcli.errors import DataError, StatsError
 from qcli.files import atomic_output, save_safetensors
 from qcli.load import LoadedModel
+from qcli.options import CalibrationOptions
 
 STATS_FORMAT = "qcli-stats"
 STATS_VERSION = 1
@@ -97,7 +98,7 @@ def observe(prepared: Prepared, batches: Iterable[Batch]) -> Iterator[Batch]:
 def stats_tensors(prepared: Prepared) -> dict[str, Any]:
     """Every observer's state as flat tensors: ``<observer>.<buffer>``."""
     out = {}
-    for name, obs in engine.observers(prepared.graph).items():
+    for name, obs in graph.observers(prepared.graph).items():
         for key, value in obs.state_dict().items():
             out[f"{name}.{key}"] = value.detach().clone().contiguous()
     return out
@@ -106,11 +107,10 @@ def stats_tensors(prepared: Prepared) -> dict[str, Any]:
 def observer_kinds(prepared: Prepared) -> dict[str, str]:
     """Observer name → class name and the graph node it observes (to match stats to a graph)."""
     kinds = {}
-    for node in prepared.graph.graph.nodes:
-        if node.op == "call_module" and "activation_post_process" in str(node.target):
-            obs = prepared.graph.get_submodule(node.target)
-            source = node.args[0].name if node.args else ""
-            kinds[str(node.target)] = f"{type(obs).__name__}:{source}"
+    for node in graph.observer_nodes(prepared.graph):
+        obs = prepared.graph.get_submodule(node.target)
+        source = node.args[0].name if node.args else ""
+        kinds[str(node.target)] = f"{type(obs).__name__}:{source}"
     return kinds
 
 
@@ -201,7 +201,7 @@ def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
         )
     if stats.meta.get("mode") != mode:
         raise StatsError(
-            f"statistics '{stats.path}' were collected for --mode {stats.meta.get('mode')}, not {mode}", path=stats.path
+            f"statistics '{stats.path}' were collected for mode {stats.meta.get('mode')}, not {mode}", path=stats.path
         )
 
 
@@ -221,7 +221,7 @@ def apply_stats(
     saved_by_kind: dict[str, str] = {}
     for saved_name, kind in (stats.meta.get("observers") or {}).items():
         saved_by_kind.setdefault(kind, saved_name)
-    modules = engine.observers(prepared.graph)
+    modules = graph.observers(prepared.graph)
     states, missing = {}, []
     for name, kind in observer_kinds(prepared).items():
         saved_name = saved_by_kind.get(kind)
@@ -288,20 +288,21 @@ def stack_samples(kept: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
     return tuple(torch.cat(parts) for parts in zip(*kept, strict=True))
 
 
+Track = Callable[[Iterable[Batch], int | None], Iterable[Batch]]  # wraps a batch stream (progress bars)
+
+
 def identity_track(items: Iterable[Batch], total: int | None) -> Iterable[Batch]:
     return items
 
 
 def calibrate(
     loaded: LoadedModel,
-    folder: Any,  # qcli.data.SampleFolder
+    folder: SampleFolder,
+    options: CalibrationOptions | None = None,
     *,
-    mode: str = "static",
-    batch_size: int = 32,
-    limit: int | None = None,
     exclude: tuple[str, ...] = (),
     weights: str = "per-channel",
-    track: Any = identity_track,
+    track: Track = identity_track,
 ) -> Calibration:
     """Export the model with the first sample's shape, then stream the folder through observers.
 
@@ -311,8 +312,8 @@ def calibrate(
 
     from qcli.data import infer_input_spec
 
-    if limit is not None and limit <= 0:
-        raise DataError(f"--limit must be positive, not {limit}")
+    options = options or CalibrationOptions()
+    mode, batch_size, limit = options.mode, options.batch_size, options.limit
     spec = infer_input_spec(loaded.module)
     batches = folder.batches(spec, batch_size, limit)
     first = next(batches)

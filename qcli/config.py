@@ -2,7 +2,8 @@
 
 A recipe has a ``[preprocess]`` section (how images become tensors) and one section per command
 (``[calibrate]``, ``[convert]``, ``[bench]``) whose keys are that command's option names
-(``batch_size`` or ``batch-size``). Explicit command-line flags win over the file.
+(``batch_size`` or ``batch-size``), checked against the command's own options by the CLI.
+Explicit command-line flags win over the file.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class PreprocessConfig:
             key = raw_key.replace("-", "_")
             if key not in known:
                 raise ConfigError(
-                    f"{source}: unknown key 'preprocess.{raw_key}' (known: {', '.join(sorted(known))})",
+                    f"{source}: unknown key 'preprocess.{raw_key}'{closest(key, known)} (known: {', '.join(sorted(known))})",
                     key=raw_key,
                 )
             if key in ("mean", "std"):
@@ -77,68 +78,16 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A parsed TOML recipe: preprocessing plus per-command option defaults."""
+    """A parsed TOML recipe: preprocessing, plus each command's section as written.
+
+    The command sections are option values for the CLI, which checks their keys and types against
+    the command's own options (``qcli.cli.common.recipe_defaults``) and uses them as defaults
+    that flags override.
+    """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
-
-    def option(self, command: str, name: str, explicit: Any, default: Any) -> Any:
-        """The value for option ``name`` of ``command``: explicit flag, else the file, else default."""
-        if explicit is not None:
-            return explicit
-        value = self.sections.get(command, {}).get(name)
-        if value is None:
-            return default
-        if default is not None and not _same_kind(value, default):
-            raise ConfigError(
-                f"{self.path}: '{command}.{name}' must be {type(default).__name__}, not {type(value).__name__} ({value!r})",
-                key=f"{command}.{name}",
-                path=self.path,
-            )
-        return value
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
-
-
-# The options each command section may set, with their types (checked when the file is read).
-SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "calibrate": {"limit": int, "seed": int, "batch_size": int, "mode": str},
-    "convert": {
-        "limit": int,
-        "seed": int,
-        "batch_size": int,
-        "mode": str,
-        "form": str,
-        "package_batch_sizes": (str, list),
-        "threads": int,
-        "method": str,
-        "percentile": (int, float),
-        "exclude": list,
-        "max_drop": (int, float),
-        "max_trials": int,
-        "bias_correction": bool,
-        "weights": str,
-        "timeout": (int, float),
-    },
-    "bench": {
-        "batch_sizes": (str, list),
-        "threads": int,
-        "warmup": int,
-        "runs": int,
-        "max_drop": (int, float),
-        "min_speedup": (int, float),
-        "latency_tolerance": (int, float),
-        "accuracy_tolerance": (int, float),
-    },
-    "inspect": {},
-}
 
 
 TOML_TYPES = {
@@ -151,16 +100,12 @@ TOML_TYPES = {
 }
 
 
-def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool):  # bool is an int in Python, not in TOML
-        return bool in types
-    return isinstance(value, types)
+def closest(word: str, known: list[str] | set[str]) -> str:
+    """`` (did you mean X?)`` for a near-miss of a known name, else nothing."""
+    import difflib
 
-
-def _type_names(expected: type | tuple[type, ...]) -> str:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    return " or ".join(TOML_TYPES.get(t, t.__name__) for t in types)
+    match = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
 
 
 def load_recipe(path: Path | None) -> Recipe:
@@ -179,7 +124,8 @@ def load_recipe(path: Path | None) -> Recipe:
     unknown = sorted(set(data) - {"preprocess", *COMMAND_SECTIONS})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown section '[{unknown[0]}]' (known: preprocess, {', '.join(COMMAND_SECTIONS)})",
+            f"{source}: unknown section '[{unknown[0]}]'{closest(unknown[0], {'preprocess', *COMMAND_SECTIONS})} "
+            f"(known: preprocess, {', '.join(COMMAND_SECTIONS)})",
             key=unknown[0],
             path=path,
         )
@@ -188,24 +134,7 @@ def load_recipe(path: Path | None) -> Recipe:
         raw = data.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: '{name}' must be a [section]", key=name, path=path)
-        section = {}
-        for raw_key, value in raw.items():
-            key = raw_key.replace("-", "_")
-            allowed = SECTION_KEYS[name]
-            if key not in allowed:
-                raise ConfigError(
-                    f"{source}: unknown key '{name}.{raw_key}' (known: {', '.join(sorted(allowed)) or 'none'})",
-                    key=f"{name}.{raw_key}",
-                    path=path,
-                )
-            if not _has_type(value, allowed[key]):
-                raise ConfigError(
-                    f"{source}: '{name}.{raw_key}' has the wrong type: expected {_type_names(allowed[key])}, got {TOML_TYPES.get(type(value), type(value).__name__)} {value!r}",
-                    key=f"{name}.{raw_key}",
-                    path=path,
-                )
-            section[key] = value
-        sections[name] = section
+        sections[name] = dict(raw)
     raw_pre = data.get("preprocess", {})
     if not isinstance(raw_pre, dict):
         raise ConfigError(f"{source}: 'preprocess' must be a [section]", key="preprocess", path=path)

@@ -8,14 +8,15 @@ caller's input tensors, and re-exports the result with a dynamic batch so it can
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from qcli import engine, ranges
+from qcli import engine, graph, private, ranges
 from qcli import layers as layer_report
 from qcli.calibrate import Prepared
-from qcli.errors import UnsupportedModel
-
-QUANTIZABLE_OPS = {"conv1d": "Conv1d", "conv2d": "Conv2d", "conv3d": "Conv3d", "linear": "Linear"}
+from qcli.errors import OptionError, UnsupportedModel
+from qcli.load import LoadedModel
+from qcli.options import AUTO_METHOD, DEFAULT_METHOD, RANGE_METHODS, ConvertOptions
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,6 @@ class LayerQuant:
         return dict(self.__dict__)
 
 
-DEFAULT_METHOD = "histogram"  # torch's HistogramObserver: its own least-L2 search over the histogram
-METHODS = (DEFAULT_METHOD, *ranges.METHODS, "auto")
-
-
-AUTO = "auto"
-
-
 def apply_method(
     prepared: Prepared, method: str, percentile: float = 99.99, samples: tuple[Any, ...] | None = None
 ) -> dict[str, tuple[float, float]]:
@@ -49,15 +43,11 @@ def apply_method(
     histogram it collected; returns observer name → chosen range. ``histogram`` keeps torch's;
     ``auto`` picks, per tensor, the method whose range gives the consuming layers' outputs the
     least error on ``samples`` (see ``auto_methods``)."""
-    import functools
-
-    import torch
-
     chosen: dict[str, tuple[float, float]] = {}
     if method == DEFAULT_METHOD or prepared.mode != "static":
         return chosen
     candidates: dict[str, dict[str, tuple[float, float]]] = {}
-    for name, obs in engine.observers(prepared.graph).items():
+    for name, obs in graph.observers(prepared.graph).items():
         histogram = getattr(obs, "histogram", None)
         if histogram is None or not hasattr(obs, "_calculate_qparams"):
             continue
@@ -65,19 +55,18 @@ def apply_method(
         if not (lo <= hi) or histogram.sum() == 0:  # never observed (min=+inf): leave it to torch
             continue
         counts, qmin, qmax = histogram.double().numpy(), int(obs.quant_min), int(obs.quant_max)
-        methods = ranges.METHODS if method == AUTO else (method,)
+        methods = RANGE_METHODS if method == AUTO_METHOD else (method,)
         candidates[name] = {m: ranges.choose_range(m, counts, lo, hi, percentile, qmin, qmax) for m in methods}
-    if method == AUTO:
+    if method == AUTO_METHOD:
         if samples is None:
-            raise UnsupportedModel("--method auto needs calibration samples (calibrate again with this qcli)")
+            raise OptionError("{method} auto needs calibration samples (calibrate again with this qcli)")
         picks = auto_methods(prepared, candidates, samples)
         chosen = {name: candidates[name][m] for name, m in picks.items()}
     else:
         chosen = {name: c[method] for name, c in candidates.items()}
-    modules = engine.observers(prepared.graph)
+    modules = graph.observers(prepared.graph)
     for name, (a, b) in chosen.items():
-        obs = modules[name]
-        obs.calculate_qparams = functools.partial(obs._calculate_qparams, torch.tensor(a), torch.tensor(b))
+        private.fix_observer_range(modules[name], a, b)
     return chosen
 
 
@@ -87,8 +76,6 @@ def auto_methods(
     """For each observed tensor, the range method whose fake-quantized tensor (all else FP32) gives
     the next conv/linear layers' outputs the least squared error against FP32 on ``samples``."""
     import torch
-
-    from qcli import layers as layer_report
 
     reference = layer_report.fp32_reference(prepared.graph)
     nodes = {str(n.target): n for n in reference.graph.nodes if n.op == "call_module" and str(n.target) in candidates}
@@ -100,7 +87,7 @@ def auto_methods(
             if n in seen:
                 continue
             seen.add(n)
-            if getattr(n.target, "_opname", None) in QUANTIZABLE_OPS:
+            if graph.layer_type(n) is not None:
                 found.append(n)
             else:
                 todo.extend(n.users)
@@ -134,7 +121,7 @@ def auto_methods(
         for m, rng in options.items():
             got = run(name, rng, watch)
             errors[m] = sum(float(((r - g) ** 2).mean()) for r, g in zip(ref, got, strict=True))
-        picks[name] = min(errors, key=lambda m: (errors[m], ranges.METHODS.index(m)))
+        picks[name] = min(errors, key=lambda m: (errors[m], RANGE_METHODS.index(m)))
     return picks
 
 
@@ -147,13 +134,13 @@ def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tupl
     import fnmatch
 
     names = [name for name, _ in module.named_modules() if name]
-    layers = [name for name, m in module.named_modules() if type(m).__name__ in QUANTIZABLE_OPS.values()]
+    layers = [name for name, m in module.named_modules() if type(m).__name__ in graph.LAYER_TYPES.values()]
     chosen: list[str] = []
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             shown = ", ".join(layers[:12]) + (" …" if len(layers) > 12 else "")
-            raise UnsupportedModel(f"--exclude '{pattern}' matches no module of this model (layers: {shown})")
+            raise OptionError(f"{{exclude}} '{pattern}' matches no module of this model (layers: {shown})")
         chosen += [n for n in hits if n not in chosen]
     return tuple(chosen)
 
@@ -169,65 +156,22 @@ def quantize(
         from qcli import dynamic
 
         with engine.quiet():  # deepcopy of an exported module warns about pytree internals
-            graph = copy.deepcopy(prepared.graph)
-        return dynamic.rewrite(graph, prepared.mode, prepared.exclude, module_name)
+            copied = copy.deepcopy(prepared.graph)
+        return dynamic.rewrite(copied, prepared.mode, prepared.exclude)
     apply_method(prepared, method, percentile, samples)
     return engine.convert_pt2e(prepared.graph)
 
 
-def module_name(node: Any) -> str:
-    """The module path a graph node came from (``layer1.conv1.0``), or the node name."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        path = list(stack.values())[-1][0]
-        return str(path).replace("L['self'].", "").replace("L__self___", "")
-    return str(node.name)
-
-
 def layer_table(converted: Any) -> list[LayerQuant]:
     """One entry per convolution/linear op of the converted graph, quantized or not."""
-    import torch
-
     from qcli import dynamic
 
     layers = []
     for node in converted.graph.nodes:
         if dynamic.is_rewritten(node):
-            w_scale = engine.get_attr(converted, str(node.args[2].target))
-            layers.append(
-                LayerQuant(
-                    module_name(node), "Linear", True, "int8", float(w_scale.min()), float(w_scale.max()), None, None
-                )
-            )
-            continue
-        op = getattr(node.target, "_opname", None) if node.op == "call_function" else None
-        if op not in QUANTIZABLE_OPS:
-            continue
-        x, w = node.args[0], node.args[1]
-        target = str(getattr(w, "target", ""))
-        wq = w if "dequantize_per_channel" in target or "dequantize_per_tensor" in target else None
-        scale: Any = None
-        if wq is not None:
-            scale_node = wq.args[1]
-            if isinstance(scale_node, float):  # per-tensor weights: the scale is a constant
-                scale = torch.tensor([scale_node])
-            elif scale_node.op == "get_attr":
-                scale = getattr(converted, str(scale_node.target))
-        xq = x if "dequantize_per_tensor" in str(getattr(x, "target", "")) else None
-        in_scale = xq.args[1] if xq is not None and isinstance(xq.args[1], float) else None
-        in_zp = xq.args[2] if xq is not None and isinstance(xq.args[2], int) else None
-        layers.append(
-            LayerQuant(
-                name=module_name(node),
-                op=QUANTIZABLE_OPS[op],
-                quantized=wq is not None,
-                weight_dtype="int8" if wq is not None else "float32",
-                weight_scale_min=float(scale.min()) if isinstance(scale, torch.Tensor) else None,
-                weight_scale_max=float(scale.max()) if isinstance(scale, torch.Tensor) else None,
-                input_scale=float(in_scale) if in_scale is not None else None,
-                input_zero_point=int(in_zp) if in_zp is not None else None,
-            )
-        )
+            layers.append(_rewritten_layer(converted, node))
+        elif graph.layer_type(node) is not None:
+            layers.append(_pt2e_layer(converted, node))
     if not any(layer.quantized for layer in layers):
         raise UnsupportedModel(
             "no layer was quantized (qcli quantizes Conv2d and Linear layers; dynamic and weight-only modes only "
@@ -237,38 +181,47 @@ def layer_table(converted: Any) -> list[LayerQuant]:
     return layers
 
 
-def prune_unused(gm: Any) -> None:
-    """Delete parameters and buffers no graph node reads (the FP32 weights convert_pt2e leaves)."""
-    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
-        if name in used:
-            continue
-        owner_path, _, attr = name.rpartition(".")
-        owner = gm.get_submodule(owner_path) if owner_path else gm
-        delattr(owner, attr)
+def _rewritten_layer(converted: Any, node: Any) -> LayerQuant:
+    """A linear layer of the dynamic/weight-only rewrite: INT8 weights, scales in ``args[2]``."""
+    w_scale = graph.get_attr(converted, str(node.args[2].target))
+    return LayerQuant(
+        graph.module_name(node), "Linear", True, "int8", float(w_scale.min()), float(w_scale.max()), None, None
+    )
 
 
-def protect_inputs(gm: Any) -> None:
-    """Clone every tensor input first, so no fused in-place op can write into a caller's tensor.
-
-    A compiled INT8 model was seen to fuse a residual add in place into a graph input (oneDNN
-    "sum" post-op); working on a copy costs one memcpy of the input.
-    """
+def _pt2e_layer(converted: Any, node: Any) -> LayerQuant:
+    """A conv/linear of a PT2E graph: quantized when its weight comes through a dequantize step."""
     import torch
 
-    graph = gm.graph
-    for node in [n for n in graph.nodes if n.op == "placeholder"]:
-        with graph.inserting_after(node):
-            copy = graph.call_function(torch.ops.aten.clone.default, (node,))
-        node.replace_all_uses_with(copy, delete_user_cb=lambda user, c=copy: user is not c)
-    gm.recompile()
+    x, w = node.args[0], node.args[1]
+    wq = w if graph.dequantize_kind(w) is not None else None
+    scale: Any = None
+    if wq is not None:
+        scale_node = wq.args[1]
+        if isinstance(scale_node, float):  # per-tensor weights: the scale is a constant
+            scale = torch.tensor([scale_node])
+        elif scale_node.op == "get_attr":
+            scale = graph.get_attr(converted, str(scale_node.target))
+    xq = x if graph.dequantize_kind(x) == "per_tensor" else None
+    in_scale = xq.args[1] if xq is not None and isinstance(xq.args[1], float) else None
+    in_zp = xq.args[2] if xq is not None and isinstance(xq.args[2], int) else None
+    return LayerQuant(
+        name=graph.module_name(node),
+        op=graph.layer_type(node) or "",
+        quantized=wq is not None,
+        weight_dtype="int8" if wq is not None else "float32",
+        weight_scale_min=float(scale.min()) if isinstance(scale, torch.Tensor) else None,
+        weight_scale_max=float(scale.max()) if isinstance(scale, torch.Tensor) else None,
+        input_scale=float(in_scale) if in_scale is not None else None,
+        input_zero_point=int(in_zp) if in_zp is not None else None,
+    )
 
 
 def finalize(converted: Any) -> Any:
     """The converted graph made ready to save: FP32 leftovers pruned, inputs protected."""
     converted.graph.eliminate_dead_code()
-    prune_unused(converted)
-    protect_inputs(converted)
+    graph.prune_unused(converted)
+    graph.protect_inputs(converted)
     return converted
 
 
@@ -299,52 +252,93 @@ class Conversion:
     layers: list[LayerQuant]
 
 
-def program_path(out: Any) -> Any:
+@dataclass(frozen=True)
+class Provenance:
+    """What the artifact records about how it was made, besides the model and its options."""
+
+    calibration: dict[str, Any]  # the calibration manifest (files, samples, stats file)
+    config: dict[str, Any]  # the effective configuration, in the shape of a recipe
+    search: dict[str, Any] | None = None  # the --max-drop trial log
+
+
+@dataclass
+class Quantized:
+    """The INT8 graph and what was measured on it before it was finalized."""
+
+    graph: Any
+    layers: list[LayerQuant]
+    per_layer: list[dict[str, Any]] | None
+    bias_correction: list[dict[str, Any]] | None
+
+
+def program_path(out: Path) -> Path:
     """Where ``--form both`` puts the exported program next to the package: ``x.pt2`` → ``x.program.pt2``."""
     return out.with_name(out.stem + ".program" + (out.suffix or ".pt2"))
 
 
+def quantize_and_measure(prepared: Prepared, options: ConvertOptions, samples: tuple[Any, ...] | None) -> Quantized:
+    """Convert, list the layers, apply bias correction and measure the per-layer errors on ``samples``."""
+    if options.bias_correction and (samples is None or prepared.mode != "static"):
+        raise OptionError(
+            "{bias_correction} needs static mode and calibration samples (calibrate again with this qcli)"
+        )
+    fp32_graph = layer_report.fp32_reference(prepared.graph) if samples is not None else None
+    converted = quantize(prepared, options.method, options.percentile, samples)
+    layers = layer_table(converted)
+    corrected = None
+    if options.bias_correction and fp32_graph is not None and samples is not None:
+        corrected = layer_report.bias_correct(fp32_graph, converted, samples)
+    per_layer = None
+    if fp32_graph is not None and samples is not None:
+        per_layer = layer_report.per_layer_errors(fp32_graph, converted, [samples], layers)
+    return Quantized(converted, layers, per_layer, corrected)
+
+
 def convert_model(
-    loaded: Any,  # qcli.load.LoadedModel
+    loaded: LoadedModel,
     prepared: Prepared,
-    out: Any,  # pathlib.Path
-    *,
-    form: str = "package",
-    package_batch_sizes: list[int] | None = None,
-    calibration: dict[str, Any] | None = None,
-    config: dict[str, Any] | None = None,
-    method: str = DEFAULT_METHOD,
-    percentile: float = 99.99,
-    report_samples: tuple[Any, ...] | None = None,
-    search: dict[str, Any] | None = None,
-    bias_correction: bool = False,
+    out: Path,
+    options: ConvertOptions,
+    provenance: Provenance,
+    samples: tuple[Any, ...] | None = None,
 ) -> Conversion:
-    """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically."""
+    """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically.
+
+    ``samples`` (calibration samples) give the per-layer error report and bias correction.
+    """
     import torch
 
-    from qcli.artifact import base_metadata, write_package, write_program
-
-    if bias_correction and (report_samples is None or prepared.mode != "static"):
-        raise UnsupportedModel(
-            "--bias-correction needs static mode and calibration samples (calibrate again with this qcli)"
-        )
-    fp32_graph = layer_report.fp32_reference(prepared.graph) if report_samples is not None else None
-    converted = quantize(prepared, method, percentile, report_samples)
-    layers = layer_table(converted)
-    corrected = layer_report.bias_correct(fp32_graph, converted, report_samples) if bias_correction else None
-    per_layer = None
-    if fp32_graph is not None and report_samples is not None:
-        per_layer = layer_report.per_layer_errors(fp32_graph, converted, [report_samples], layers)
+    quantized = quantize_and_measure(prepared, options, samples)
     with torch.no_grad(), engine.quiet():
-        outs = converted(*prepared.example)
+        outs = quantized.graph(*prepared.example)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    graph = finalize(converted)
-    program = engine.export(graph, prepared.example, prepared.spec.names, sequence=prepared.spec.sequence)
-    metadata = {
+    final = finalize(quantized.graph)
+    program = engine.export(final, prepared.example, prepared.spec.names, sequence=prepared.spec.sequence)
+    metadata = artifact_metadata(loaded, prepared, options, provenance, quantized)
+    metadata["inputs"] = input_specs(program, prepared)
+    metadata["outputs"] = [
+        {"shape": ["batch", *o.shape[1:]], "dtype": str(o.dtype).replace("torch.", "")}
+        for o in outs
+        if isinstance(o, torch.Tensor)
+    ]
+    # the same in every run with the same inputs, for both forms (the package's own bytes are not)
+    metadata["graph_sha256"] = graph.digest(program)
+    outputs = write_forms(final, program, prepared.example, out, options, metadata)
+    return Conversion(outputs, metadata, quantized.layers)
+
+
+def artifact_metadata(
+    loaded: LoadedModel, prepared: Prepared, options: ConvertOptions, provenance: Provenance, quantized: Quantized
+) -> dict[str, Any]:
+    """The artifact's JSON metadata, apart from what the exported program itself decides."""
+    from qcli.artifact import base_metadata
+
+    static = prepared.mode == "static"
+    return {
         **base_metadata(),
         "mode": prepared.mode,
-        "method": method if prepared.mode == "static" else "dynamic",
-        "percentile": percentile if method == "percentile" and prepared.mode == "static" else None,
+        "method": options.method if static else "dynamic",
+        "percentile": options.percentile if options.method == "percentile" and static else None,
         "source": {
             "file": loaded.path.name,
             "sha256": loaded.sha256,
@@ -354,28 +348,28 @@ def convert_model(
             "parameters": loaded.num_parameters,
             "size_bytes": loaded.size_bytes,
         },
-        "inputs": input_specs(program, prepared),
-        "outputs": [
-            {"shape": ["batch", *o.shape[1:]], "dtype": str(o.dtype).replace("torch.", "")}
-            for o in outs
-            if isinstance(o, torch.Tensor)
-        ],
-        "config": config or {},
-        "calibration": calibration or {},
-        "layers": [layer.to_dict() for layer in layers],
-        "per_layer": per_layer,
-        "search": search,
-        "bias_correction": corrected,
-        "suggested_exclude": layer_report.suggestions(per_layer) if per_layer else [],
-        # the same in every run with the same inputs, for both forms (the package's own bytes are not)
-        "graph_sha256": engine.graph_digest(program),
+        "config": provenance.config,
+        "calibration": provenance.calibration,
+        "layers": [layer.to_dict() for layer in quantized.layers],
+        "per_layer": quantized.per_layer,
+        "search": provenance.search,
+        "bias_correction": quantized.bias_correction,
+        "suggested_exclude": layer_report.suggestions(quantized.per_layer) if quantized.per_layer else [],
     }
+
+
+def write_forms(
+    final: Any, program: Any, example: tuple[Any, ...], out: Path, options: ConvertOptions, metadata: dict[str, Any]
+) -> dict[str, str]:
+    """Write the package and/or the program (``options.form``); returns form → path."""
+    from qcli.artifact import write_package, write_program
+
     outputs = {}
-    if form in ("package", "both"):
-        write_package(graph, prepared.example, out, metadata, package_batch_sizes or [1, 16])
+    if options.form in ("package", "both"):
+        write_package(final, example, out, metadata, list(options.package_batch_sizes))
         outputs["package"] = str(out)
-    if form in ("program", "both"):
-        target = out if form == "program" else program_path(out)
+    if options.form in ("program", "both"):
+        target = out if options.form == "program" else program_path(out)
         write_program(program, target, metadata)
         outputs["program"] = str(target)
-    return Conversion(outputs, metadata, layers)
+    return outputs

@@ -205,10 +205,10 @@ def read_image(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[d
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = _image_mode(pre, spec, img.mode)
-            img = img.convert(mode)
+        with Image.open(path) as opened:
+            opened.load()
+            mode = _image_mode(pre, spec, opened.mode)
+            img = opened.convert(mode)
             if pre.resize:
                 w, h = img.size
                 scale = pre.resize / min(w, h)

@@ -19,21 +19,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from qcli import engine
+from qcli import graph as graph_helpers
+from qcli import private
 
 QMAX = 127  # symmetric INT8: -127..127, so a scale maps +max and -max alike
 
 
-def weight_int8(weight: Any) -> tuple[Any, Any]:
+def weight_int8(weight: Any, qmax: int = QMAX) -> tuple[Any, Any]:
     """Per-output-channel symmetric INT8 of a ``[out, in]`` weight: ``(int8 weight, scales [out])``.
 
-    ``scale = max|w_row| / 127``; an all-zero row gets the smallest positive scale (its INT8 row is 0).
+    ``scale = max|w_row| / qmax``; an all-zero row gets the smallest positive scale (its INT8 row
+    is 0). ``qmax`` is 127 (symmetric INT8).
     """
     import torch
 
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / QMAX).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    scale = (w.abs().amax(dim=1) / qmax).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
     return q, scale
 
 
@@ -46,7 +48,7 @@ def int8_dynamic_linear(x: Any, weight_t: Any, w_scale: Any, bias: Any) -> Any:
     rows = x.reshape(-1, shape[-1])
     x_scale = (rows.abs().amax(dim=1, keepdim=True) / QMAX).clamp(min=1e-12)
     xq = torch.round(rows / x_scale).clamp(-QMAX, QMAX).to(torch.int8)
-    y = torch._int_mm(xq, weight_t).to(torch.float32) * x_scale * w_scale
+    y = private.int_mm(xq, weight_t).to(torch.float32) * x_scale * w_scale
     y = y.reshape(*shape[:-1], weight_t.shape[1])
     return y if bias is None else y + bias
 
@@ -66,29 +68,27 @@ def is_rewritten(node: Any) -> bool:
     return node.op == "call_function" and node.target in KERNELS.values()
 
 
-def rewrite(gm: Any, mode: str, excluded: tuple[str, ...], name_of: Callable[[Any], str]) -> Any:
+def rewrite(gm: Any, mode: str, excluded: tuple[str, ...]) -> Any:
     """Replace the graph's linear layers (weights held by the graph, not computed) in place and
-    return ``gm``. Layers whose module path (``name_of(node)``) is in ``excluded`` or lies inside
-    one of them stay FP32."""
-    import torch
-
+    return ``gm``. Layers whose module path is in ``excluded`` or lies inside one of them stay FP32."""
     kernel = KERNELS[mode]
+    qmax = QMAX
     graph = gm.graph
     count = 0
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+        if not graph_helpers.is_linear(node):
             continue
         x, w, *rest = node.args
         bias = rest[0] if rest else None
         if getattr(w, "op", None) != "get_attr" or (bias is not None and getattr(bias, "op", None) != "get_attr"):
             continue
-        name = name_of(node)
+        name = graph_helpers.module_name(node)
         if any(name == e or name.startswith(e + ".") for e in excluded):
             continue
-        weight = engine.get_attr(gm, str(w.target))
+        weight = graph_helpers.get_attr(gm, str(w.target))
         if weight.ndim != 2 or not weight.is_floating_point():
             continue
-        q, scale = weight_int8(weight)
+        q, scale = weight_int8(weight, qmax)
         stored = q.t().contiguous() if mode == "dynamic" else q
         prefix = f"{name.replace('.', '_').replace('#', '_')}_int8_{count}"
         count += 1

@@ -6,7 +6,10 @@ and an exit code. Every message says what happened and what to do about it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -78,6 +81,27 @@ class ArtifactError(QcliError):
     """An INT8 artifact that is broken, of another version, or built for another CPU."""
 
 
+class OptionError(QcliError):
+    """An option value that cannot work. The message names options as ``{name}`` (their Python
+    names); ``str()`` shows ``name``, and the CLI shows the flag or the recipe key it came from."""
+
+    def __init__(self, template: str, *, path: Path | str | None = None) -> None:
+        self.template = template
+        super().__init__(self.render(lambda name: name), path=path)
+
+    def render(self, name_of: Callable[[str], str]) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: name_of(m.group(1)), self.template)
+
+    @property
+    def options(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.template)
+
+
+class UntrustedModel(OptionError):
+    """A file that would run code when loaded (a pickle importing more than tensors); loading it
+    needs the user's explicit trust (``trust_model``)."""
+
+
 class UnsupportedModel(QcliError):
     """The model loads but cannot be quantized by qcli (export fails, nothing to quantize, ...)."""
 
@@ -91,6 +115,6 @@ class GateFailed(QcliError):
 
     exit_code = EXIT_GATE
 
-    def __init__(self, message: str, *, report: dict | None = None) -> None:
+    def __init__(self, message: str, *, report: Any = None) -> None:
         super().__init__(message)
-        self.report = report
+        self.report = report  # the command's report (a dataclass of qcli.reports)

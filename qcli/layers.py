@@ -17,7 +17,8 @@ import copy
 import math
 from typing import Any
 
-from qcli import engine, metrics
+from qcli import engine, graph, metrics
+from qcli.graph import LayerKey
 
 SUGGEST_BELOW_DB = 20.0  # layers under this output SQNR are named as --exclude candidates
 SUGGEST_AT_MOST = 3
@@ -28,37 +29,20 @@ def fp32_reference(prepared_graph: Any) -> Any:
     import torch
 
     with engine.quiet():  # deepcopy of a graph module warns about torch's own pytree internals
-        graph = copy.deepcopy(prepared_graph)
-    for name in engine.observers(graph):
-        graph.delete_submodule(name)
-        graph.add_submodule(name, torch.nn.Identity())
-    return graph
+        copied = copy.deepcopy(prepared_graph)
+    for name in graph.observers(copied):
+        copied.delete_submodule(name)
+        copied.add_submodule(name, torch.nn.Identity())
+    return copied
 
 
-def _layer_nodes(gm: Any) -> dict[tuple[str, int], Any]:
-    """(module path, call index) → conv/linear node."""
-    from qcli.convert import QUANTIZABLE_OPS, module_name
-
-    found: dict[tuple[str, int], Any] = {}
-    seen: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        op = getattr(node.target, "_opname", None) if node.op == "call_function" else None
-        if op in QUANTIZABLE_OPS:
-            name = module_name(node)
-            found[(name, seen.get(name, 0))] = node
-            seen[name] = seen.get(name, 0) + 1
-    return found
-
-
-def _record(
-    gm: Any, args: tuple[Any, ...], nodes: dict[tuple[str, int], Any]
-) -> dict[tuple[str, int], tuple[Any, Any]]:
+def _record(gm: Any, args: tuple[Any, ...], nodes: dict[LayerKey, Any]) -> dict[LayerKey, tuple[Any, Any]]:
     """Run ``gm`` on ``args``; return each layer's (weight value, output value)."""
     import torch
 
     by_node = {node: key for key, node in nodes.items()}
     weight_nodes = {node.args[1]: key for key, node in nodes.items()}
-    out: dict[tuple[str, int], list[Any]] = {key: [None, None] for key in nodes}
+    out: dict[LayerKey, list[Any]] = {key: [None, None] for key in nodes}
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
@@ -78,10 +62,10 @@ def per_layer_errors(
     fp32_graph: Any, int8_graph: Any, batches: list[tuple[Any, ...]], layer_info: list[Any]
 ) -> list[dict[str, Any]]:
     """The report, worst layer first (quantized layers only)."""
-    fp_nodes, q_nodes = _layer_nodes(fp32_graph), _layer_nodes(int8_graph)
+    fp_nodes, q_nodes = graph.layer_nodes(fp32_graph), graph.layer_nodes(int8_graph)
     keys = [k for k in q_nodes if k in fp_nodes]
     sums = {k: [0.0, 0.0] for k in keys}
-    weights: dict[tuple[str, int], float] = {}
+    weights: dict[LayerKey, float] = {}
     for args in batches:
         ref, got = (
             _record(fp32_graph, args, {k: fp_nodes[k] for k in keys}),
@@ -132,28 +116,28 @@ def bias_correct(fp32_graph: Any, int8_graph: Any, samples: tuple[Any, ...]) -> 
     Layers without a bias tensor are left alone. Returns what was changed."""
     import torch
 
-    fp_nodes, q_nodes = _layer_nodes(fp32_graph), _layer_nodes(int8_graph)
+    fp_nodes, q_nodes = graph.layer_nodes(fp32_graph), graph.layer_nodes(int8_graph)
     reference = _record(fp32_graph, samples, fp_nodes)
     changes = []
     for key, node in q_nodes.items():
         if key not in reference or len(node.args) < 3:
             continue
         weight, bias = node.args[1], node.args[2]
-        if "dequantize" not in str(getattr(weight, "target", "")) or getattr(bias, "op", None) != "get_attr":
+        if graph.dequantize_kind(weight) is None or getattr(bias, "op", None) != "get_attr":
             continue
         _, y_ref = reference[key]
         _, y_q = _record(int8_graph, samples, {key: node})[key]
         # channels: dim 1 of a convolution's output, the last dim of a linear's ([..., out_features])
-        channel = y_ref.dim() - 1 if getattr(node.target, "_opname", "") == "linear" else 1
+        channel = y_ref.dim() - 1 if graph.is_linear(node) else 1
         dims = [d for d in range(y_ref.dim()) if d != channel]
         delta = (y_ref.float() - y_q.float()).mean(dim=dims)
-        tensor = engine.get_attr(int8_graph, str(bias.target))
+        tensor = graph.get_attr(int8_graph, str(bias.target))
         if tensor.shape != delta.shape:
             continue
         # a new tensor, not add_: a bias the conversion did not fold (a Linear's) is still the
         # source module's own parameter, which must stay FP32's
         owner_path, _, attr = str(bias.target).rpartition(".")
-        owner = engine.get_attr(int8_graph, owner_path) if owner_path else int8_graph
+        owner = graph.get_attr(int8_graph, owner_path) if owner_path else int8_graph
         corrected = tensor.detach() + delta.to(tensor.dtype)
         if isinstance(tensor, torch.nn.Parameter):
             corrected = torch.nn.Parameter(corrected, requires_grad=False)

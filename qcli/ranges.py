@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+from qcli.options import RANGE_METHODS as METHODS
+
 SAMPLES_PER_BIN = 8  # values are assumed spread evenly inside a bin
 
 
@@ -28,7 +29,7 @@ def edges(lo: float, hi: float, bins: int) -> np.ndarray:
 def qparams(a: float, b: float, qmin: int = 0, qmax: int = 255) -> tuple[float, int]:
     """Affine scale and zero point for the range [a, b] widened to include 0 (as torch does)."""
     a, b = min(a, 0.0), max(b, 0.0)
-    scale = max((b - a) / (qmax - qmin), np.finfo(np.float32).eps)
+    scale = max((b - a) / (qmax - qmin), float(np.finfo(np.float32).eps))
     zero_point = int(np.clip(qmin - round(a / scale), qmin, qmax))
     return float(scale), zero_point
 

@@ -8,8 +8,12 @@ import math
 from html import escape
 from typing import Any
 
+from qcli import tables
+from qcli.reports import BenchReport, plain
+from qcli.tables import Table
+
 COLORS = {"fp32_eager": "#9aa5b1", "fp32_compiled": "#3e6fb0", "int8": "#e07b24", "fp32": "#3e6fb0"}
-LABELS = {"fp32_eager": "FP32 eager", "fp32_compiled": "FP32 compiled", "int8": "INT8"}
+LABELS = tables.VARIANTS
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 960px;
@@ -22,35 +26,35 @@ td:first-child, th:first-child { text-align: left; }
 .pass { background: #e3f9e5; color: #207227; } .fail { background: #ffe3e3; color: #a61b1b; }
 .charts { display: flex; flex-wrap: wrap; gap: 1.5rem; } svg text { font: 12px system-ui, sans-serif; fill: #1f2933; }
 .legend span { display: inline-block; margin-right: 1rem; } .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .3rem; vertical-align: -1px; }
-.note { color: #616e7c; }
+.note { color: #616e7c; } .bad { color: #a61b1b; font-weight: 600; }
 """
 
 
-def html_report(report: dict[str, Any]) -> str:
+def html_report(report: BenchReport) -> str:
     """The whole page as a string."""
-    env = report["environment"]
-    gates = report.get("gates") or {}
-    passed = gates.get("passed", True)
+    gates = report.gates
+    name = escape(_name(report.model.path))
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>qcli bench: {escape(_name(report['model']['path']))}</title>",
+        f"<title>qcli bench: {name}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>qcli bench: {escape(_name(report['model']['path']))}</h1>",
-        f'<p class="sub">INT8 artifact {escape(_name(report["artifact"]["path"]))} ({escape(str(report["artifact"]["form"]))}, '
-        f"{escape(str(report['artifact'].get('mode')))}) against the FP32 model, measured in one process, interleaved, "
-        f"{env['threads']} threads.</p>",
-        f'<p><span class="verdict {"pass" if passed else "fail"}">{"gates passed" if passed else "gates failed"}</span></p>',
+        f"<h1>qcli bench: {name}</h1>",
+        f'<p class="sub">INT8 artifact {escape(_name(report.artifact.path))} ({escape(report.artifact.form)}, '
+        f"{escape(str(report.artifact.mode))}) against the FP32 model, measured in one process, interleaved, "
+        f"{report.environment.threads} threads.</p>",
+        f'<p><span class="verdict {"pass" if gates.passed else "fail"}">'
+        f"{'gates passed' if gates.passed else 'gates failed'}</span></p>",
     ]
-    if gates.get("failures"):
-        parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in gates["failures"]) + "</ul>")
+    if gates.failures:
+        parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in gates.failures) + "</ul>")
     parts += _latency(report)
-    parts += _accuracy(report.get("accuracy"))
-    parts += _per_layer(report.get("per_layer"))
+    parts += _accuracy(report)
+    parts += _per_layer(report.per_layer)
     parts += _sizes(report)
-    parts += _baseline(report.get("baseline"))
-    parts += _environment(env)
+    parts += _baseline(report)
+    parts += _environment(report)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -59,17 +63,15 @@ def _name(path: str) -> str:
     return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return escape(str(value))
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+def _table(table: Table) -> str:
+    """A shared table (``qcli.tables``) as HTML; every cell is escaped."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in table.headers)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="bad">{escape(c)}</td>' if c == "REGRESSED" else f"<td>{escape(c)}</td>" for c in row)
+        + "</tr>"
+        for row in table.rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -104,59 +106,33 @@ def _legend(keys: list[str]) -> str:
     return f'<p class="legend">{items}</p>'
 
 
-def _latency(report: dict[str, Any]) -> list[str]:
-    charts, rows = [], []
-    for entry in report["latency"]:
-        b = entry["batch_size"]
-        variants = entry["variants"]
-        bars = [(LABELS[k], variants[k]["p50_ms"], COLORS[k]) for k in LABELS if k in variants]
-        charts.append(bar_chart(f"batch {b}: median latency", bars, "ms"))
-        for k in LABELS:
-            if k in variants:
-                v = variants[k]
-                ratio = entry.get("speedup_vs_fp32_compiled") if k == "int8" else None
-                rows.append(
-                    [
-                        str(b),
-                        LABELS[k],
-                        _fmt(v["p50_ms"], 3),
-                        _fmt(v["p90_ms"], 3),
-                        _fmt(v["throughput"], 1),
-                        f"{ratio:.2f}x" if ratio else "-",
-                    ]
-                )
+def _latency(report: BenchReport) -> list[str]:
+    charts = []
+    for timing in report.latency:
+        bars = [(LABELS[k], timing.variants[k].p50_ms, COLORS[k]) for k in LABELS if k in timing.variants]
+        charts.append(bar_chart(f"batch {timing.batch_size}: median latency", bars, "ms"))
     return [
         "<h2>Latency</h2>",
         _legend(list(LABELS)),
         f'<div class="charts">{"".join(charts)}</div>',
-        _table(["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"], rows),
+        _table(tables.latency_table(report)),
     ]
 
 
-def _accuracy(acc: dict[str, Any] | None) -> list[str]:
-    if not acc:
+def _accuracy(report: BenchReport) -> list[str]:
+    acc, table = report.accuracy, tables.accuracy_table(report)
+    if acc is None or table is None:
         return ["<h2>Accuracy</h2>", '<p class="note">Not measured: pass --eval-dir to compare outputs.</p>']
     charts = []
-    if acc.get("labeled"):
+    if acc.labeled:
         for key, label in (("top1", "top-1 %"), ("top5", "top-5 %")):
-            fp, q = acc.get(f"fp32_{key}"), acc.get(f"int8_{key}")
+            fp, q = getattr(acc, f"fp32_{key}"), getattr(acc, f"int8_{key}")
             if fp is not None and q is not None:
                 charts.append(bar_chart(label, [("FP32", fp, COLORS["fp32"]), ("INT8", q, COLORS["int8"])], "%"))
-    charts.append(bar_chart("top-1 agreement with FP32", [("INT8", acc["top1_agreement"], COLORS["int8"])], "%"))
-    rows = [
-        ["samples", _fmt(acc["samples"])],
-        ["FP32 top-1 %", _fmt(acc.get("fp32_top1"))],
-        ["INT8 top-1 %", _fmt(acc.get("int8_top1"))],
-        ["drop (points)", _fmt(acc.get("drop"))],
-        ["top-1 agreement %", _fmt(acc.get("top1_agreement"))],
-        ["SQNR dB", _fmt(acc.get("sqnr_db"), 1)],
-        ["cosine", _fmt(acc.get("cosine"), 4)],
-    ]
-    if acc.get("pairs"):
-        rows.append([f"FP32 Spearman ({acc['pairs']} pairs)", _fmt(acc.get("fp32_spearman"), 4)])
-        rows.append([f"INT8 Spearman ({acc['pairs']} pairs)", _fmt(acc.get("int8_spearman"), 4)])
-    title = "Accuracy" if acc.get("labeled") else "Fidelity to FP32 (unlabeled samples)"
-    return [f"<h2>{title}</h2>", f'<div class="charts">{"".join(charts)}</div>', _table(["figure", "value"], rows)]
+    charts.append(bar_chart("top-1 agreement with FP32", [("INT8", acc.top1_agreement, COLORS["int8"])], "%"))
+    title = "Accuracy" if acc.labeled else "Fidelity to FP32 (unlabeled samples)"
+    drop = f'<p class="sub">Drop: {acc.drop:.2f} points ({"top-1" if acc.labeled else "top-1 agreement"}).</p>'
+    return [f"<h2>{title}</h2>", f'<div class="charts">{"".join(charts)}</div>', _table(table), drop]
 
 
 def _per_layer(layers: list[dict[str, Any]] | None) -> list[str]:
@@ -177,37 +153,29 @@ def _per_layer(layers: list[dict[str, Any]] | None) -> list[str]:
     ]
 
 
-def _sizes(report: dict[str, Any]) -> list[str]:
+def _sizes(report: BenchReport) -> list[str]:
     items = [
-        ("FP32 file", report["model"]["size_bytes"], COLORS["fp32_eager"]),
-        ("FP32 compiled", report.get("fp32_compiled_size_bytes"), COLORS["fp32_compiled"]),
-        ("INT8 artifact", report["artifact"]["size_bytes"], COLORS["int8"]),
+        ("FP32 file", report.model.size_bytes, COLORS["fp32_eager"]),
+        ("FP32 compiled", report.fp32_compiled_size_bytes, COLORS["fp32_compiled"]),
+        ("INT8 artifact", report.artifact.size_bytes, COLORS["int8"]),
     ]
     bars = [(label, size / 2**20, color) for label, size, color in items if size]
-    return ["<h2>File sizes</h2>", bar_chart("size on disk", bars, "MiB")]
+    return ["<h2>File sizes</h2>", bar_chart("size on disk", bars, "MiB"), _table(tables.sizes_table(report))]
 
 
-def _baseline(baseline: dict[str, Any] | None) -> list[str]:
-    if not baseline:
+def _baseline(report: BenchReport) -> list[str]:
+    baseline, table = report.baseline, tables.baseline_table(report.baseline)
+    if baseline is None or table is None:
         return []
-    rows = [
-        [
-            escape(r["figure"]),
-            f"{r['baseline']:.4g}",
-            f"{r['current']:.4g}",
-            f"{r['change'] * 100:+.1f}%" if r.get("unit") == "%" else f"{r['change']:+.2f} points",
-            '<b style="color:#a61b1b">regressed</b>' if r["regressed"] else "ok",
-        ]
-        for r in baseline["comparisons"]
-    ]
     return [
         "<h2>Against the baseline</h2>",
-        f'<p class="sub">{escape(_name(baseline["path"]))}; tolerances: latency {baseline["latency_tolerance"]:g}, '
-        f"accuracy {baseline['accuracy_tolerance']:g} points.</p>",
-        _table(["figure", "baseline", "now", "change", "verdict"], rows),
+        f'<p class="sub">{escape(_name(baseline.path))}; tolerances: latency {baseline.latency_tolerance:g}, '
+        f"accuracy {baseline.accuracy_tolerance:g} points.</p>",
+        _table(table),
     ]
 
 
-def _environment(env: dict[str, Any]) -> list[str]:
-    rows = [[escape(str(k)), escape(", ".join(v) if isinstance(v, list) else str(v))] for k, v in env.items()]
-    return ["<h2>Environment</h2>", _table(["", "value"], rows)]
+def _environment(report: BenchReport) -> list[str]:
+    env = plain(report.environment)
+    rows = [[str(k), ", ".join(v) if isinstance(v, list) else str(v)] for k, v in env.items()]
+    return ["<h2>Environment</h2>", _table(Table("Environment", ["", "value"], rows))]

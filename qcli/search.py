@@ -13,6 +13,7 @@ order, so the same inputs give the same trials.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from typing import Any
 from qcli import layers as layer_report
 from qcli.calibrate import Prepared, Stats, apply_stats, observer_kinds, prepare, stats_tensors
 from qcli.convert import layer_table, quantize
+from qcli.evaluate import Accuracy
+from qcli.load import LoadedModel
+from qcli.options import SearchOptions
 
 
 @dataclass
@@ -48,6 +52,12 @@ class SearchResult:
     stopped_by: str = ""
     ranking: list[str] = field(default_factory=list)
 
+    def add(self, trial: Trial) -> None:
+        """Record a trial; the best is the smallest drop, then the fewest FP32 layers."""
+        self.trials.append(trial)
+        if (trial.drop, len(trial.excluded)) < (self.best.drop, len(self.best.excluded)):
+            self.best = trial
+
     def to_dict(self, max_drop: float) -> dict[str, Any]:
         return {
             "max_drop": max_drop,
@@ -59,75 +69,81 @@ class SearchResult:
         }
 
 
-def snapshot(prepared: Prepared, loaded: Any) -> Stats:
+def snapshot(prepared: Prepared, loaded: LoadedModel) -> Stats:
     """The observer states of a calibrated graph, as an in-memory statistics file."""
     meta = {"observers": observer_kinds(prepared), "model_sha256": loaded.sha256, "mode": prepared.mode}
     return Stats(stats_tensors(prepared), meta, Path("<calibration>"))
 
 
-def search(
-    loaded: Any,
-    prepared: Prepared,
-    *,
-    user_excluded: tuple[str, ...],
-    samples: tuple[Any, ...] | None,
-    evaluate_int8: Any,  # (converted graph) -> Accuracy
-    max_drop: float,
-    max_trials: int,
-    timeout: float | None,
-    method: str,
-    percentile: float,
-) -> SearchResult:
-    """Run the trials; ``prepared`` is the calibrated graph with the user's exclusions."""
-    start = time.monotonic()
-    stats = snapshot(prepared, loaded)
-    example, spec, mode = prepared.example, prepared.spec, prepared.mode
+@dataclass
+class Searcher:
+    """Runs trials: each re-prepares the graph with some layers excluded, re-uses the collected
+    statistics, converts with the chosen range method and evaluates the INT8 graph."""
 
-    def run_trial(excluded: tuple[str, ...], reason: str, keep_reference: bool = False) -> tuple[Trial, Any]:
+    loaded: LoadedModel
+    prepared: Prepared
+    samples: tuple[Any, ...] | None
+    evaluate_int8: Callable[[Any], Accuracy]
+    method: str
+    percentile: float
+
+    def __post_init__(self) -> None:
+        self.stats = snapshot(self.prepared, self.loaded)
+
+    def trial(self, excluded: tuple[str, ...], reason: str, keep_reference: bool = False) -> tuple[Trial, Any, Any]:
+        """One conversion and evaluation; with ``keep_reference`` also the FP32 graph that ranks layers."""
         t0 = time.monotonic()
-        trial_prepared = prepare(loaded, example, spec, mode, excluded, prepared.weights)
-        apply_stats(trial_prepared, stats, loaded.sha256, fill_from=samples)
-        keep = keep_reference and samples is not None  # only the first trial's graphs rank the layers
+        p = self.prepared
+        trial_prepared = prepare(self.loaded, p.example, p.spec, p.mode, excluded, p.weights)
+        apply_stats(trial_prepared, self.stats, self.loaded.sha256, fill_from=self.samples)
+        keep = keep_reference and self.samples is not None
         fp32_graph = layer_report.fp32_reference(trial_prepared.graph) if keep else None
-        converted = quantize(trial_prepared, method, percentile, samples)
-        accuracy = evaluate_int8(converted)
+        converted = quantize(trial_prepared, self.method, self.percentile, self.samples)
+        accuracy = self.evaluate_int8(converted)
         metric = accuracy.int8_top1 if accuracy.labeled else accuracy.top1_agreement
-        return Trial(excluded, accuracy.drop, metric, time.monotonic() - t0, reason), (fp32_graph, converted)
+        return Trial(excluded, accuracy.drop, metric, time.monotonic() - t0, reason), fp32_graph, converted
 
-    first, (fp32_graph, converted) = run_trial(
+
+def search(searcher: Searcher, options: SearchOptions) -> SearchResult:
+    """Run the trials; ``searcher.prepared`` is the calibrated graph with the user's exclusions."""
+    start = time.monotonic()
+    user_excluded = searcher.prepared.exclude
+    first, fp32_graph, converted = searcher.trial(
         user_excluded, "every layer INT8" if not user_excluded else "your --exclude", keep_reference=True
     )
     result = SearchResult(best=first, trials=[first])
-    if first.drop <= max_drop:
+    if first.drop <= options.max_drop:
         result.met, result.stopped_by = True, "budget met"
         return result
-    if fp32_graph is None or samples is None:
+    if fp32_graph is None or searcher.samples is None:
         result.stopped_by = "no calibration samples to rank layers by"
         return result
-    rows = layer_report.per_layer_errors(fp32_graph, converted, [samples], layer_table(converted))
-    ranking = list(dict.fromkeys(r["name"].split("#")[0] for r in rows if r["name"].split("#")[0] not in user_excluded))
-    result.ranking = ranking
-    for k in range(1, len(ranking) + 1):
-        if len(result.trials) >= max_trials:
-            result.stopped_by = f"--max-trials {max_trials}"
+    rows = layer_report.per_layer_errors(fp32_graph, converted, [searcher.samples], layer_table(converted))
+    result.ranking = _ranking(rows, user_excluded)
+    for k, name in enumerate(result.ranking, start=1):
+        if len(result.trials) >= options.max_trials:
+            result.stopped_by = f"--max-trials {options.max_trials}"
             break
-        if timeout is not None and time.monotonic() - start > timeout:
-            result.stopped_by = f"--timeout {timeout:g}s"
+        if options.timeout is not None and time.monotonic() - start > options.timeout:
+            result.stopped_by = f"--timeout {options.timeout:g}s"
             break
-        name = ranking[k - 1]
-        sqnr = next((r["output_sqnr_db"] for r in rows if r["name"].split("#")[0] == name), None)
-        reason = (
-            f"{name} to FP32 (output SQNR {sqnr:.1f} dB, rank {k})"
-            if sqnr is not None
-            else f"{name} to FP32 (rank {k})"
-        )
-        trial, _ = run_trial(user_excluded + tuple(ranking[:k]), reason)
-        result.trials.append(trial)
-        if (trial.drop, len(trial.excluded)) < (result.best.drop, len(result.best.excluded)):
-            result.best = trial
-        if trial.drop <= max_drop:
+        trial, _, _ = searcher.trial(user_excluded + tuple(result.ranking[:k]), _reason(rows, name, k))
+        result.add(trial)
+        if trial.drop <= options.max_drop:
             result.met, result.stopped_by = True, "budget met"
             break
-    else:
-        result.stopped_by = result.stopped_by or "every layer tried"
+    result.stopped_by = result.stopped_by or "every layer tried"
     return result
+
+
+def _ranking(rows: list[dict[str, Any]], user_excluded: tuple[str, ...]) -> list[str]:
+    """Module names, worst output SQNR first, without the user's exclusions (a reused module once)."""
+    names = (r["name"].split("#")[0] for r in rows)
+    return list(dict.fromkeys(n for n in names if n not in user_excluded))
+
+
+def _reason(rows: list[dict[str, Any]], name: str, rank: int) -> str:
+    sqnr = next((r["output_sqnr_db"] for r in rows if r["name"].split("#")[0] == name), None)
+    if sqnr is None:
+        return f"{name} to FP32 (rank {rank})"
+    return f"{name} to FP32 (output SQNR {sqnr:.1f} dB, rank {rank})"

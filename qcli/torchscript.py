@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qcli import engine
+from qcli import engine, private
+from qcli import graph as graph_helpers
 from qcli.errors import UnsupportedModel
 
 WHAT_TO_DO = (
@@ -106,7 +107,7 @@ def to_module(script: Any, example: tuple[Any, ...], path: Any) -> Any:
     found = problems(script)
     if found:
         raise UnsupportedModel(f"TorchScript '{path}' cannot be quantized: {'; '.join(found)}; {WHAT_TO_DO}", path=path)
-    from torch._export.converter import TS2EPConverter
+    TS2EPConverter = private.ts2ep_converter()  # noqa: N806 (a class)
 
     try:
         with engine.quiet():
@@ -176,7 +177,7 @@ def lift_modules(gm: Any) -> Any:
     root: dict[str, Any] = dict(modules)
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module") and node.target not in root:
-            root[str(node.target)] = engine.get_attr(gm, str(node.target))
+            root[str(node.target)] = graph_helpers.get_attr(gm, str(node.target))
     lifted = torch.fx.GraphModule(root, graph)
     lifted.eval()
     return lifted
@@ -232,15 +233,20 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
         norm = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[
             rank
         ]
-        module = norm(engine.get_attr(gm, mean.target).shape[0], eps=float(a.get("eps", 1e-5)), affine=w is not None)
-        state = {"running_mean": engine.get_attr(gm, mean.target), "running_var": engine.get_attr(gm, var.target)}
+        module = norm(
+            graph_helpers.get_attr(gm, mean.target).shape[0], eps=float(a.get("eps", 1e-5)), affine=w is not None
+        )
+        state = {
+            "running_mean": graph_helpers.get_attr(gm, mean.target),
+            "running_var": graph_helpers.get_attr(gm, var.target),
+        }
         if w is not None and b is not None:
-            state.update(weight=engine.get_attr(gm, w.target), bias=engine.get_attr(gm, b.target))
+            state.update(weight=graph_helpers.get_attr(gm, w.target), bias=graph_helpers.get_attr(gm, b.target))
         module.load_state_dict(state, strict=False)
         return _path(mean.target), module.eval(), x
     if w is None or not (stored("weight") and stored("bias")):
         return None
-    weight = engine.get_attr(gm, w.target)
+    weight = graph_helpers.get_attr(gm, w.target)
     if node.target is aten.linear.default:
         if weight.ndim != 2:
             return None
@@ -263,7 +269,7 @@ def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
     with torch.no_grad():
         module.weight.copy_(weight)
         if b is not None and module.bias is not None:  # the module was made with a bias when b exists
-            module.bias.copy_(engine.get_attr(gm, b.target))
+            module.bias.copy_(graph_helpers.get_attr(gm, b.target))
     return _path(w.target), module.eval(), x
 
 

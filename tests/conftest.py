@@ -11,10 +11,11 @@ from hypothesis import settings
 from models import residual_mlp
 
 from qcli import demo
-from qcli.api import CalibrationOptions, convert_model_file
+from qcli.api import convert_model_file
 from qcli.config import PreprocessConfig, load_recipe
 from qcli.data import SampleFolder, infer_input_spec
 from qcli.load import ArchSpec, load_model
+from qcli.options import CalibrationOptions, ConvertOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,10 +61,9 @@ def demo_artifacts(tmp_path_factory):
         calib_dir=demo.CALIB_DIR,
         arch=ArchSpec.parse(demo.ARCH),
         recipe=load_recipe(MNIST_RECIPE),
-        options=CalibrationOptions(limit=128),
-        form="both",
+        options=ConvertOptions(calibration=CalibrationOptions(limit=128), form="both"),
     )
-    return {form: Path(info["path"]) for form, info in report["outputs"].items()} | {"report": report}
+    return {form: Path(info.path) for form, info in report.outputs.items()} | {"report": report}
 
 
 @pytest.fixture(scope="session")

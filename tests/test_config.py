@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from qcli.cli.app import recipe_defaults_for
 from qcli.config import PreprocessConfig, load_recipe
 from qcli.errors import ConfigError
 
@@ -15,19 +16,43 @@ def test_shipped_recipes_load():
 
 
 def test_flags_win_over_file_and_file_over_default(tmp_path):
+    """One precedence rule, Click's default_map: a flag beats the recipe, the recipe the default."""
+    import typer
+
+    from qcli.cli.app import app
+
     path = tmp_path / "r.toml"
     path.write_text("[calibrate]\nlimit = 10\nbatch-size = 8\n")
-    recipe = load_recipe(path)
-    assert recipe.option("calibrate", "limit", None, None) == 10
-    assert recipe.option("calibrate", "limit", 3, None) == 3
-    assert recipe.option("calibrate", "batch_size", None, 32) == 8
-    assert recipe.option("calibrate", "seed", None, None) is None
+    assert recipe_defaults_for("calibrate", load_recipe(path)) == {"limit": 10, "batch_size": 8}
+    command = typer.main.get_command(app).commands["calibrate"]
+    argv = [str(path), str(tmp_path), "-o", "s.safetensors", "--config", str(path), "--limit", "3"]
+    with command.make_context("calibrate", argv) as ctx:
+        assert ctx.params["limit"] == 3  # the flag
+        assert ctx.params["batch_size"] == 8  # the recipe
+        assert ctx.params["seed"] is None and ctx.params["mode"].value == "static"  # the declared defaults
+        assert ctx.get_parameter_source("batch_size").name == "DEFAULT_MAP"
+
+
+def test_recipe_keys_are_the_commands_own_options(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[convert]\nmax_trials = 5\nexclude = ["fc"]\npackage_batch_sizes = [1, 8]\nmethod = "mse"\n')
+    values = recipe_defaults_for("convert", load_recipe(path))
+    assert values == {"max_trials": 5, "exclude": ["fc"], "package_batch_sizes": "1,8", "method": "mse"}
+    path.write_text("[convert]\nmethd = 'mse'\n")
+    with pytest.raises(ConfigError, match="did you mean 'method'"):
+        recipe_defaults_for("convert", load_recipe(path))
+    path.write_text("[convert]\nmethod = 'magic'\n")
+    with pytest.raises(ConfigError, match="'convert.method': .*magic"):
+        recipe_defaults_for("convert", load_recipe(path))
+    path.write_text("[convert]\nexclude = [1]\n")
+    with pytest.raises(ConfigError, match="expected list of a string, got an integer 1"):
+        recipe_defaults_for("convert", load_recipe(path))
 
 
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("[calibrate]\nlimt = 3\n", "unknown key 'calibrate.limt'"),
+        ("[calibrate]\nlimt = 3\n", "unknown key 'calibrate.limt'; did you mean 'limit'?"),
         ("[calibrate]\nlimit = 'many'\n", "'calibrate.limit' has the wrong type"),
         ("[preprocess]\nchannels = 'cmyk'\n", "preprocess.channels must be one of"),
         ("[preprocess]\nstd = [0.0]\n", "std values must be positive"),
@@ -40,7 +65,8 @@ def test_bad_recipes_name_the_key_and_file(tmp_path, text, needle):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_recipe(path)
+        for command in ("calibrate", "convert", "bench"):
+            recipe_defaults_for(command, load_recipe(path))
     assert needle in str(info.value)
     assert str(path) in str(info.value)
 

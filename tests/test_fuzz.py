@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from qcli import demo
+from qcli.cli.app import recipe_defaults_for
 from qcli.config import PreprocessConfig, Recipe, load_recipe
 from qcli.data import InputSpec, SampleFolder
 from qcli.errors import QcliError
@@ -75,10 +76,9 @@ def check_recipe(text: str) -> None:
         except QcliError:
             return
         assert isinstance(recipe, Recipe)
-        for command, section in recipe.sections.items():
-            for name in section:
-                with contextlib.suppress(QcliError):
-                    recipe.option(command, name, None, None)
+        for command in ("calibrate", "convert", "bench"):
+            with contextlib.suppress(QcliError):
+                recipe_defaults_for(command, recipe)
 
 
 @FUZZ

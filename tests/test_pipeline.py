@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qcli import demo, hardware, metrics
-from qcli.api import CalibrationOptions, convert_model_file
+from qcli.api import convert_model_file
 from qcli.artifact import load_artifact, read_metadata, split_batch
 from qcli.calibrate import apply_stats, calibrate, load_stats, prepare, save_stats
 from qcli.config import load_recipe
@@ -19,13 +19,14 @@ from qcli.data import SampleFolder
 from qcli.describe import describe
 from qcli.errors import ArtifactError, StatsError
 from qcli.load import ArchSpec, load_model
+from qcli.options import CalibrationOptions, ConvertOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_stats_round_trip_reproduces_the_calibrated_model(tmp_path, demo_model, mnist_preprocess, eval_batch):
     folder = SampleFolder.open(demo.CALIB_DIR, mnist_preprocess)
-    result = calibrate(demo_model, folder, limit=64, batch_size=16)
+    result = calibrate(demo_model, folder, CalibrationOptions(limit=64, batch_size=16))
     assert result.manifest["samples"] == 64 and len(result.manifest["files"]) == 64
     assert all(len(f["sha256"]) == 64 for f in result.manifest["files"])
     save_stats(
@@ -45,7 +46,7 @@ def test_stats_round_trip_reproduces_the_calibrated_model(tmp_path, demo_model, 
 
 def test_stats_of_another_model_are_refused(tmp_path, demo_model, mnist_preprocess):
     folder = SampleFolder.open(demo.CALIB_DIR, mnist_preprocess)
-    result = calibrate(demo_model, folder, limit=8)
+    result = calibrate(demo_model, folder, CalibrationOptions(limit=8))
     save_stats(tmp_path / "s.safetensors", result.prepared, {"model_sha256": "0" * 64})
     with pytest.raises(StatsError, match="another model"):
         apply_stats(result.prepared, load_stats(tmp_path / "s.safetensors"), demo_model.sha256)
@@ -214,7 +215,7 @@ def test_residual_on_input_never_writes_into_the_callers_tensor(tmp_path, residu
     model, calib = residual_model_file
     arch = ArchSpec.parse("models:residual_mlp")
     out = tmp_path / "res.pt2"
-    convert_model_file(model, out, calib_dir=calib, arch=arch, package_batch_sizes=[4])
+    convert_model_file(model, out, calib_dir=calib, arch=arch, options=ConvertOptions(package_batch_sizes=(4,)))
     artifact = load_artifact(out)
     x = torch.randn(4, 64)
     before = x.clone()
@@ -233,9 +234,8 @@ def test_dynamic_mode_quantizes_linear_layers(tmp_path, residual_model_file):
         tmp_path / "dyn.pt2",
         calib_dir=calib,
         arch=arch,
-        options=CalibrationOptions(mode="dynamic"),
-        form="program",
-    )
+        options=ConvertOptions(calibration=CalibrationOptions(mode="dynamic"), form="program"),
+    ).to_dict()
     assert report["mode"] == "dynamic" and report["quantized_layers"] == 3
     assert all(la["input_scale"] is None for la in report["layers"])  # activation scales chosen per call
     import torch.ao.quantization.fx._decomposed  # noqa: F401
@@ -265,9 +265,9 @@ def test_exclude_keeps_matching_layers_fp32_and_reuses_full_statistics(tmp_path,
     stats = tmp_path / "s.safetensors"
     calibrate_model(demo.WEIGHTS, demo.CALIB_DIR, stats, arch=arch, recipe=recipe, options=CalibrationOptions(limit=64))
     report = convert_model_file(
-        demo.WEIGHTS, tmp_path / "int8.pt2", stats=stats, arch=arch, recipe=recipe, form="program",
-        exclude=["stem.*", "fc"], method="percentile",
-    )  # fmt: skip
+        demo.WEIGHTS, tmp_path / "int8.pt2", stats=stats, arch=arch, recipe=recipe,
+        options=ConvertOptions(form="program", exclude=("stem.*", "fc"), method="percentile"),
+    ).to_dict()  # fmt: skip
     quantized = {la["name"]: la["quantized"] for la in report["layers"]}
     assert quantized["stem.0.0"] is False and quantized["fc"] is False
     assert sum(quantized.values()) == len(quantized) - 2

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from qcli import ranges
+from qcli import graph, ranges
+from qcli.options import CalibrationOptions
 
 
 def hist(x: np.ndarray, bins: int = 2048) -> tuple[np.ndarray, float, float]:
@@ -130,7 +131,9 @@ def demo_stats(tmp_path_factory, demo_model, mnist_preprocess):
     from qcli.data import SampleFolder
 
     path = tmp_path_factory.mktemp("ranges") / "s.safetensors"
-    result = calibrate(demo_model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), batch_size=32)
+    result = calibrate(
+        demo_model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), CalibrationOptions(batch_size=32)
+    )
     save_stats(
         path, result.prepared, {"model_sha256": demo_model.sha256, "calibration": result.manifest}, result.samples
     )
@@ -162,7 +165,7 @@ def test_per_layer_report_finds_the_damaged_layer(demo_stats, demo_model):
     """Give the classifier's input a range 100x too small: the report must rank fc worst and suggest it."""
     import functools
 
-    from qcli import engine, layers
+    from qcli import layers
     from qcli.calibrate import apply_stats, observer_kinds, prepare
     from qcli.convert import layer_table, quantize
 
@@ -174,7 +177,7 @@ def test_per_layer_report_finds_the_damaged_layer(demo_stats, demo_model):
         0
     ]
     assert fc_input.op == "call_module" and str(fc_input.target) in observer_kinds(prepared)  # its observer
-    obs = engine.observers(prepared.graph)[str(fc_input.target)]
+    obs = graph.observers(prepared.graph)[str(fc_input.target)]
     obs.calculate_qparams = functools.partial(obs._calculate_qparams, torch.tensor(0.0), obs.max_val / 100)
     converted = quantize(prepared)
     samples = stats.samples()
@@ -208,9 +211,9 @@ def test_bias_correction_removes_the_mean_error(demo_stats, demo_model):
             results[correct] = metrics.sqnr_db(*metrics.power_sums(demo_model.module(*samples), converted(*samples)))
         if correct:
             assert len(changes) == 10 and all(c["mean_abs_shift"] >= 0 for c in changes)
-            first = layers._layer_nodes(converted)[("stem.0.0", 0)]
+            first = graph.layer_nodes(converted)[("stem.0.0", 0)]
             (_, y_ref), (_, y_q) = (
-                layers._record(fp32, samples, {("stem.0.0", 0): layers._layer_nodes(fp32)[("stem.0.0", 0)]})[
+                layers._record(fp32, samples, {("stem.0.0", 0): graph.layer_nodes(fp32)[("stem.0.0", 0)]})[
                     ("stem.0.0", 0)
                 ],
                 layers._record(converted, samples, {("stem.0.0", 0): first})[("stem.0.0", 0)],
@@ -236,7 +239,7 @@ def test_hard_architectures_keep_accuracy(arch, weights, mnist_preprocess, eval_
     from qcli.metrics import topk_hits
 
     model = load_model(demo.WEIGHTS.with_name(weights), ArchSpec.parse(f"qcli.demo.model:{arch}"))
-    result = calibrate(model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), limit=128)
+    result = calibrate(model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), CalibrationOptions(limit=128))
     converted = quantize(result.prepared)
     ops = [str(n.target) for n in converted.graph.nodes if n.op == "call_function"]
     if arch == "PReLUDigitNet":
@@ -270,10 +273,8 @@ def test_auto_picks_per_tensor_and_beats_a_bad_method(demo_stats, demo_model):
     assert sqnr["auto"] >= sqnr["entropy"]
     prepared = prepare(demo_model, stats.example(), spec)
     apply_stats(prepared, stats, demo_model.sha256)
-    from qcli import engine
-
     candidates = {name: {m: ranges.choose_range(m, obs.histogram.double().numpy(), float(obs.min_val), float(obs.max_val)) for m in ranges.METHODS}
-                  for name, obs in engine.observers(prepared.graph).items() if hasattr(obs, "histogram")}  # fmt: skip
+                  for name, obs in graph.observers(prepared.graph).items() if hasattr(obs, "histogram")}  # fmt: skip
     picks = auto_methods(prepared, candidates, samples)
     assert set(picks) == set(candidates) and set(picks.values()) <= set(ranges.METHODS)
 
@@ -293,7 +294,7 @@ def test_every_activation_family_quantizes_with_fidelity(mnist_preprocess, eval_
     loaded = LoadedModel(
         module=module, path=demo.WEIGHTS, format="safetensors", sha256="0" * 64, arch=None, size_bytes=0
     )
-    result = calibrate(loaded, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), limit=128)
+    result = calibrate(loaded, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), CalibrationOptions(limit=128))
     converted = quantize(result.prepared, "auto", samples=result.samples)
     assert all(layer.quantized for layer in layer_table(converted))
     x = eval_batch[0][:200]

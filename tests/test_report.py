@@ -34,10 +34,11 @@ def test_per_layer_chart_when_the_report_has_it(bench_run):
     import json
 
     from qcli.report import html_report
+    from qcli.reports import BenchReport
 
     report = json.loads(bench_run[1]["json"].read_text())
     assert report["per_layer"], "the demo artifact carries a per-layer report"
-    html = html_report(report)
+    html = html_report(BenchReport.from_dict(report))
     assert "Per-layer error" in html
     worst = report["per_layer"][0]["name"]
     assert f">{worst}</text>" in html and html.count("<rect") >= len(report["per_layer"]) + 5

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import pytest
 from conftest import MNIST_RECIPE, run_qcli
 
-from qcli import demo
+from qcli import demo, graph
 from qcli.calibrate import calibrate
 from qcli.data import SampleFolder
-from qcli.search import search
+from qcli.options import CalibrationOptions, SearchOptions
+from qcli.search import Searcher, search
 
 
 @dataclass
@@ -24,7 +25,7 @@ class FakeAccuracy:
 
 @pytest.fixture(scope="module")
 def calibrated(demo_model, mnist_preprocess):
-    result = calibrate(demo_model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), limit=64)
+    result = calibrate(demo_model, SampleFolder.open(demo.CALIB_DIR, mnist_preprocess), CalibrationOptions(limit=64))
     return result
 
 
@@ -33,26 +34,15 @@ def run_search(demo_model, calibrated, drop_for, **kwargs):
 
     def evaluate_int8(converted):
         fp32_layers = sum(
-            1 for n in converted.graph.nodes if "conv2d" in str(n.target) and "dequantize" not in str(n.args[1].target)
+            1
+            for n in converted.graph.nodes
+            if graph.layer_type(n) == "Conv2d" and graph.dequantize_kind(n.args[1]) is None
         )
         seen.append(fp32_layers)
         return FakeAccuracy(drop_for(fp32_layers))
 
-    options = {
-        "user_excluded": (),
-        "max_drop": 1.0,
-        "max_trials": 20,
-        "timeout": None,
-        "method": "histogram",
-        "percentile": 99.99,
-    }
-    result = search(
-        demo_model,
-        calibrated.prepared,
-        samples=calibrated.samples,
-        evaluate_int8=evaluate_int8,
-        **{**options, **kwargs},
-    )
+    searcher = Searcher(demo_model, calibrated.prepared, calibrated.samples, evaluate_int8, "histogram", 99.99)
+    result = search(searcher, SearchOptions(**{"max_drop": 1.0, "eval_dir": demo.EVAL_DIR, **kwargs}))
     return result, seen
 
 

@@ -11,13 +11,14 @@ from conftest import MNIST_RECIPE, run_qcli
 from safetensors.torch import load_file
 
 from qcli import demo, metrics
-from qcli.api import CalibrationOptions, convert_model_file
+from qcli.api import convert_model_file
 from qcli.artifact import load_artifact
 from qcli.config import load_recipe
 from qcli.demo.model import DigitNet
 from qcli.describe import describe
 from qcli.errors import UnsupportedModel
 from qcli.load import ArchSpec
+from qcli.options import CalibrationOptions, ConvertOptions
 
 
 def convert(model, out, arch=None):
@@ -27,9 +28,8 @@ def convert(model, out, arch=None):
         calib_dir=demo.CALIB_DIR,
         arch=arch,
         recipe=load_recipe(MNIST_RECIPE),
-        options=CalibrationOptions(limit=128),
-        form="program",
-    )
+        options=ConvertOptions(calibration=CalibrationOptions(limit=128), form="program"),
+    ).to_dict()
 
 
 def top1(artifact, x, labels):

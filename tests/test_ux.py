@@ -15,7 +15,9 @@ from conftest import MNIST_RECIPE, ROOT, run_qcli
 
 from qcli import demo, hardware
 from qcli.baseline import compare, failures
+from qcli.cli.app import recipe_defaults_for
 from qcli.config import load_recipe
+from qcli.reports import BenchReport
 
 SCHEMA = json.loads((ROOT / "qcli" / "schemas" / "report-v1.schema.json").read_text())
 ARCH = ["--arch", demo.ARCH]
@@ -78,7 +80,7 @@ def test_saved_config_reproduces_the_settings(documents):
     assert data["calibrate"]["limit"] == 32 and data["convert"]["form"] == "program"
     recipe = load_recipe(saved)  # a recipe qcli reads back without complaint
     assert recipe.preprocess == load_recipe(MNIST_RECIPE).preprocess
-    assert recipe.option("convert", "limit", None, None) == 32
+    assert recipe_defaults_for("convert", recipe)["limit"] == 32
     meta = documents["inspect_program"]["config"]
     assert meta["convert"]["form"] == "program" and meta["calibrate"]["limit"] == 32
 
@@ -92,21 +94,31 @@ def test_markdown_for_ci_summaries(demo_artifacts):
 # --- baseline --------------------------------------------------------------------------------
 
 
-def _report(int8_ms: float, speedup: float, top1: float) -> dict:
-    return {
-        "latency": [{"batch_size": 16, "variants": {"int8": {"p50_ms": int8_ms}}, "speedup_vs_fp32_compiled": speedup}],
-        "accuracy": {"labeled": True, "int8_top1": top1},
-    }
+def _report(int8_ms: float, speedup: float, top1: float) -> BenchReport:
+    from qcli.bench import BatchTiming, Latency
+    from qcli.evaluate import Accuracy
+    from qcli.reports import ArtifactInfo, Environment, Gates, ModelInfo
+
+    variants = {"int8": Latency(int8_ms, int8_ms, 1.0), "fp32_compiled": Latency(int8_ms * speedup, 0.0, 1.0)}
+    return BenchReport(
+        model=ModelInfo("m.pt", "state_dict", "0" * 64, 1, 1),
+        artifact=ArtifactInfo("a.pt2", "package", "static", 1),
+        fp32_compiled_size_bytes=1,
+        environment=Environment(2, "2.13.0", None, "0", "3.11", "AVX512", [], "x86_64"),
+        latency=[BatchTiming(16, 3, variants)],
+        accuracy=Accuracy(100, True, 99.5, top1, None, None, 99.0, 30.0, 0.99),
+        gates=Gates(None, None),
+    )
 
 
 def test_baseline_comparison_names_what_moved():
     rows = compare(_report(1.25, 2.0, 98.0), _report(1.0, 2.5, 99.0), 0.10, 0.5)
-    assert [r["regressed"] for r in rows] == [True, True, True]
+    assert [r.regressed for r in rows] == [True, True, True]
     text = failures(rows, 0.10, 0.5)
     assert text[0] == "baseline: int8 p50 ms at batch 16 rose 25.0% (1 -> 1.25; --latency-tolerance 0.1)"
     assert "speedup vs FP32 compiled at batch 16 fell 20.0%" in text[1]
     assert text[2] == "baseline: int8 top-1 % fell 1.00 points (99.00 -> 98.00; --accuracy-tolerance 0.5)"
-    assert not any(r["regressed"] for r in compare(_report(1.05, 2.4, 98.8), _report(1.0, 2.5, 99.0), 0.10, 0.5))
+    assert not any(r.regressed for r in compare(_report(1.05, 2.4, 98.8), _report(1.0, 2.5, 99.0), 0.10, 0.5))
 
 
 def test_bench_baseline_catches_a_regression(tmp_path, bench_run, demo_artifacts):

@@ -12,13 +12,15 @@ import signal
 import sys
 import traceback
 from types import FrameType
+from typing import Any
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.exceptions import Abort, TyperException
 
 from qcli import __version__
 from qcli.cli import bench, calibrate, convert, inspect
+from qcli.cli.common import recipe_defaults
+from qcli.config import Recipe
 from qcli.errors import EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM, QcliError
 
 EPILOG = (
@@ -74,6 +76,9 @@ def run(argv: list[str] | None = None) -> int:
     ``--help``, instead of Typer's framed panel, so CI logs stay greppable.
     """
     debug = os.environ.get("QCLI_DEBUG", "") not in ("", "0")
+    from qcli.private import click_errors
+
+    NoArgsIsHelpError, UsageError = click_errors()  # noqa: N806 (exception classes)
     try:
         result = app(args=argv, prog_name="qcli", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -117,3 +122,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def recipe_defaults_for(command: str, recipe: Recipe) -> dict[str, Any]:
+    """The option values ``qcli COMMAND --config`` would take from ``recipe`` (checked as the CLI
+    checks them); for tests and tools that read recipes without running a command."""
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    ctx = typer.Context(click_command, info_name=command)
+    return recipe_defaults(ctx, recipe)

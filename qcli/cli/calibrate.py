@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from qcli import tables
 from qcli.cli import render
-from qcli.cli.common import arch_spec, calibration_options, recipe
+from qcli.cli.common import arch_spec, flags_named, recipe_of
 from qcli.cli.options import (
+    CALIBRATION,
+    DEFAULT_MODE,
     ArchKwargsOpt,
     ArchOpt,
     BatchSizeOpt,
@@ -22,9 +25,11 @@ from qcli.cli.options import (
     QuietOpt,
     SeedOpt,
 )
+from qcli.options import CalibrationOptions
 
 
 def calibrate_command(
+    ctx: typer.Context,
     model: ModelArg,
     calib_dir: Annotated[
         Path,
@@ -36,8 +41,8 @@ def calibrate_command(
     config: ConfigOpt = None,
     limit: LimitOpt = None,
     seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    mode: ModeOpt = None,
+    batch_size: BatchSizeOpt = CALIBRATION.batch_size,
+    mode: ModeOpt = DEFAULT_MODE,
     force: ForceOpt = False,
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
     quiet: QuietOpt = False,
@@ -48,25 +53,22 @@ def calibrate_command(
     """
     from qcli.api import calibrate_model
 
-    rec = recipe(config)
-    options = calibration_options(rec, "calibrate", limit, seed, batch_size, mode)
-    report = calibrate_model(
-        model,
-        calib_dir,
-        output,
-        arch=arch_spec(arch, arch_kwargs),
-        recipe=rec,
-        options=options,
-        force=force,
-        track=render.tracker(quiet, "calibrating"),
-    )
+    with flags_named(ctx):
+        report = calibrate_model(
+            model,
+            calib_dir,
+            output,
+            arch=arch_spec(arch, arch_kwargs),
+            recipe=recipe_of(ctx),
+            options=CalibrationOptions(limit, seed, batch_size, mode.value),
+            force=force,
+            track=render.tracker(quiet, "calibrating"),
+        )
     if format is OutputFormat.json:
         print(render.to_json(report))
         return
-    stats = report["stats"]
-    render.stdout.print(
-        f"wrote {stats['path']} ({render.fmt_bytes(stats['size_bytes'])}): {stats['observers']} observers "
-        f"over {report['samples']} samples ({report['mode']})",
-        markup=False,
-        highlight=False,
+    stats = report.stats
+    render.say(
+        f"wrote {stats.path} ({tables.fmt_bytes(stats.size_bytes)}): {stats.observers} observers "
+        f"over {report.samples} samples ({report.mode})"
     )

@@ -1,51 +1,148 @@
-"""Small helpers the command files share: building ArchSpec and Recipe from options."""
+"""What the command files share: recipes as option defaults, option names in messages, gates.
+
+Recipes go through Click's ``default_map`` (as black does): the eager ``--config`` callback reads
+the file, checks each key of the command's section against the command's own options (name and
+type), and hands the values to Click as defaults. Click then applies the one precedence rule:
+a flag beats the recipe, which beats the declared default. No command merges anything by hand.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 
-from qcli.config import Recipe, load_recipe
+from qcli.config import TOML_TYPES, Recipe, closest, load_recipe
+from qcli.errors import ConfigError, GateFailed, OptionError, QcliError
 from qcli.load import ArchSpec
+
+T = TypeVar("T")
+RECIPE_KEY = "qcli.recipe"
+# options about this one run's output, not about how the model is quantized or measured; and
+# --arch, which imports code: only the command line names code to run
+NOT_IN_RECIPES = {"config", "output", "force", "format", "quiet", "save_config", "report_html", "per_layer", "help"}
+NOT_IN_RECIPES |= {"arch", "arch_kwargs"}
+# an option's Python type -> the types a TOML value may have for it (anything else: a string)
+KINDS: dict[Any, tuple[type, ...]] = {int: (int,), float: (int, float), bool: (bool,)}
+
+
+def load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config`` callback: the recipe's ``[command]`` section becomes the command's defaults."""
+    recipe = load_recipe(value)
+    ctx.meta[RECIPE_KEY] = recipe
+    if ctx.info_name:
+        ctx.default_map = {**(ctx.default_map or {}), **recipe_defaults(ctx, recipe)}
+    return value
+
+
+def recipe_of(ctx: typer.Context) -> Recipe:
+    """The recipe ``--config`` loaded (the defaults when there was none)."""
+    recipe = ctx.meta.get(RECIPE_KEY)
+    return recipe if isinstance(recipe, Recipe) else Recipe()
+
+
+def recipe_options(command: Any) -> dict[str, Any]:
+    """The options of a Click command a recipe may set, by Python name."""
+    return {
+        p.name: p for p in command.params if p.param_type_name == "option" and p.name and p.name not in NOT_IN_RECIPES
+    }
+
+
+def recipe_defaults(ctx: typer.Context, recipe: Recipe) -> dict[str, Any]:
+    """The command's recipe section as checked option values; unknown keys and wrong types are
+    errors naming the key and the file."""
+    name = str(ctx.info_name)
+    known = recipe_options(ctx.command)
+    values = {}
+    for raw_key, value in recipe.sections.get(name, {}).items():
+        key = raw_key.replace("-", "_")
+        where = f"{recipe.path}: '{name}.{raw_key}'"
+        param = known.get(key)
+        if param is None:
+            raise ConfigError(
+                f"{recipe.path}: unknown key '{name}.{raw_key}'{closest(key, set(known))} "
+                f"(known: {', '.join(sorted(known)) or 'none'})",
+                key=f"{name}.{raw_key}",
+                path=recipe.path,
+            )
+        values[key] = _checked(ctx, param, value, where, recipe.path)
+    return values
+
+
+def _checked(ctx: typer.Context, param: Any, value: Any, where: str, path: Path | None) -> Any:
+    """A recipe value as Click would take it from the command line, or a ConfigError."""
+    from qcli.private import typer_option_type, typer_parse
+
+    kind = typer_option_type(param)
+    if not param.multiple and isinstance(value, list) and kind is str:
+        value = ",".join(str(v) for v in value)  # a TOML list for a comma-separated option
+    items = value if param.multiple and isinstance(value, list) else [value]
+    expected = KINDS.get(kind, (str,))
+    for item in items:
+        if isinstance(item, bool) != (bool in expected) or not isinstance(item, expected):
+            got = TOML_TYPES.get(type(item), type(item).__name__)
+            wanted = " or ".join(TOML_TYPES.get(t, t.__name__) for t in expected)
+            list_note = " list of" if param.multiple else ""
+            raise ConfigError(
+                f"{where} has the wrong type: expected{list_note} {wanted}, got {got} {item!r}", key=where, path=path
+            )
+    try:
+        typer_parse(param, ctx, value)
+    except typer.BadParameter as exc:
+        reason = exc.message.removeprefix("Value error, ")  # typer's wording for a bad choice
+        raise ConfigError(f"{where}: {reason}", key=where, path=path) from None
+    return value
+
+
+def label(ctx: typer.Context, name: str) -> str:
+    """How a message names option ``name``: the recipe key it came from, else its flag."""
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    if param is None:
+        return name
+    source = ctx.get_parameter_source(name)
+    if source is not None and source.name == "DEFAULT_MAP":
+        return f"'{ctx.info_name}.{name}' (from {recipe_of(ctx).path})"
+    flags = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return flags[0] if flags else name.upper()
+
+
+@contextlib.contextmanager
+def flags_named(ctx: typer.Context) -> Iterator[None]:
+    """Show the library's option errors with the flags (or recipe keys) the user typed."""
+    try:
+        yield
+    except OptionError as exc:
+        raise QcliError(exc.render(lambda name: label(ctx, name))) from None
+
+
+def gated(run: Callable[[], T]) -> tuple[T, GateFailed | None]:
+    """Run a command whose gate may fail after its report is complete: return the report and
+    the failure, so the report is shown (and written) before the exit code 3."""
+    try:
+        return run(), None
+    except GateFailed as exc:
+        if exc.report is None:
+            raise
+        return exc.report, exc
 
 
 def arch_spec(arch: str | None, arch_kwargs: str | None) -> ArchSpec | None:
     if arch is None:
         if arch_kwargs is not None:
-            from qcli.errors import ArchError
-
-            raise ArchError("--arch-kwargs needs --arch")
+            raise OptionError("{arch_kwargs} needs {arch}")
         return None
     return ArchSpec.parse(arch, arch_kwargs)
 
 
-def recipe(config: Path | None) -> Recipe:
-    return load_recipe(config)
-
-
-def parse_batch_sizes(value: str | list[int]) -> list[int]:
-    """'1,16' (or a TOML list) → [1, 16]; anything else is a usage error."""
-    text = ",".join(str(v) for v in value) if isinstance(value, list) else value
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """'1,16' → (1, 16); anything else is a usage error."""
     try:
-        sizes = [int(x) for x in text.split(",") if x.strip()]
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise typer.BadParameter(f"'{text}' is not a comma-separated list of integers, e.g. 1,16") from None
     if not sizes or any(s <= 0 for s in sizes):
         raise typer.BadParameter(f"'{text}' must list positive batch sizes, e.g. 1,16")
-    return list(dict.fromkeys(sizes))
-
-
-def calibration_options(
-    rec: Recipe, command: str, limit: int | None, seed: int | None, batch_size: int | None, mode: Any
-) -> Any:
-    """CalibrationOptions from flags, else the recipe's ``[command]`` section, else defaults."""
-    from qcli.api import CalibrationOptions
-
-    return CalibrationOptions(
-        limit=rec.option(command, "limit", limit, None),
-        seed=rec.option(command, "seed", seed, None),
-        batch_size=rec.option(command, "batch_size", batch_size, 32),
-        mode=rec.option(command, "mode", mode.value if mode else None, "static"),
-    )
+    return tuple(dict.fromkeys(sizes))

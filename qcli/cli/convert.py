@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from qcli import tables
 from qcli.cli import render
-from qcli.cli.common import arch_spec, calibration_options, parse_batch_sizes, recipe
+from qcli.cli.common import arch_spec, flags_named, gated, parse_batch_sizes, recipe_of
 from qcli.cli.options import (
+    CALIBRATION,
+    CONVERT,
+    DEFAULT_FORM,
+    DEFAULT_METHOD,
+    DEFAULT_MODE,
+    PACKAGE_BATCH_SIZES,
+    SEARCH_MAX_TRIALS,
     ArchKwargsOpt,
     ArchOpt,
     BatchSizeOpt,
@@ -23,116 +31,145 @@ from qcli.cli.options import (
     OutputFormat,
     QuietOpt,
     SeedOpt,
+    ThreadsOpt,
 )
+from qcli.options import CalibrationOptions, ConvertOptions, SearchOptions
+
+if TYPE_CHECKING:
+    from qcli.reports import ConvertReport
+
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Artifact to write (.pt2).")]
+
+StatsOpt = Annotated[
+    Path | None, typer.Option("--stats", exists=True, dir_okay=False, help="Statistics from `qcli calibrate`.")
+]
+
+CalibDirOpt = Annotated[
+    Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Calibrate on this folder first.")
+]
+
+MethodOpt = Annotated[
+    Method,
+    typer.Option(
+        "--method",
+        help="Activation ranges from the calibration histograms: histogram (torch's least-L2 search), "
+        "minmax, percentile, entropy (KL, as TensorRT), mse, or auto (per tensor, the one whose next layer errs least), e.g. --method entropy.",
+    ),
+]
+
+PercentileOpt = Annotated[
+    float, typer.Option("--percentile", help="With --method percentile: keep this percent of the values.")
+]
+
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Keep modules matching this glob in FP32 (repeatable; names as `qcli inspect` lists them), e.g. --exclude 'stem.*' --exclude fc.",
+    ),
+]
+
+MaxDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-drop",
+        help="With --eval-dir: keep the most harmful layers in FP32 until INT8 is within X points of FP32 "
+        "(exit 3 if it never is; the best artifact is still written), e.g. --max-drop 1.",
+    ),
+]
+
+EvalDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--eval-dir",
+        exists=True,
+        file_okay=False,
+        help="Samples for --max-drop (class sub-folders: top-1; else agreement with FP32).",
+    ),
+]
+
+EvalLimitOpt = Annotated[
+    int | None,
+    typer.Option("--eval-limit", help="With --max-drop: evaluate at most N samples per trial, e.g. 500."),
+]
+
+MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", help="With --max-drop: at most N conversions tried.")]
+
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="With --max-drop: stop searching after S seconds, e.g. 600.")
+]
+
+BiasCorrectionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--bias-correction/--no-bias-correction",
+        help="Shift each INT8 layer's bias by its mean output error on the calibration samples (static mode), e.g. --bias-correction.",
+    ),
+]
+
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="INT8 weight scales: per-channel or per-tensor (symmetric; in torch 2.13 per-tensor "
+        "weights miss the fused INT8 kernels and run slower), e.g. --weights per-tensor.",
+    ),
+]
+
+FormOpt = Annotated[
+    Form,
+    typer.Option(
+        "--form",
+        help="package (AOTInductor, deployable), program (exported, portable) or both (program at NAME.program.pt2).",
+    ),
+]
+
+PackageBatchSizesOpt = Annotated[
+    str, typer.Option("--package-batch-sizes", help="Batch sizes the package is compiled for, one model each.")
+]
+
+SaveConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-config",
+        dir_okay=False,
+        help="Also write the effective configuration as a TOML recipe, e.g. --save-config used.toml (reuse with --config).",
+    ),
+]
+
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")]
 
 
 def convert_command(
+    ctx: typer.Context,
     model: ModelArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Artifact to write (.pt2).")],
-    stats: Annotated[
-        Path | None, typer.Option("--stats", exists=True, dir_okay=False, help="Statistics from `qcli calibrate`.")
-    ] = None,
-    calib_dir: Annotated[
-        Path | None, typer.Option("--calib-dir", exists=True, file_okay=False, help="Calibrate on this folder first.")
-    ] = None,
-    mode: ModeOpt = None,
-    method: Annotated[
-        Method | None,
-        typer.Option(
-            "--method",
-            help="Activation ranges from the calibration histograms: histogram (torch's least-L2 search, default), "
-            "minmax, percentile, entropy (KL, as TensorRT), mse, or auto (per tensor, the one whose next layer errs least), e.g. --method entropy.",
-        ),
-    ] = None,
-    percentile: Annotated[
-        float | None,
-        typer.Option("--percentile", help="With --method percentile: keep this percent, e.g. 99.99 (default)."),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude",
-            help="Keep modules matching this glob in FP32 (repeatable; names as `qcli inspect` lists them), e.g. --exclude 'stem.*' --exclude fc.",
-        ),
-    ] = None,
-    max_drop: Annotated[
-        float | None,
-        typer.Option(
-            "--max-drop",
-            help="With --eval-dir: keep the most harmful layers in FP32 until INT8 is within X points of FP32 "
-            "(exit 3 if it never is; the best artifact is still written), e.g. --max-drop 1.",
-        ),
-    ] = None,
-    eval_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--eval-dir",
-            exists=True,
-            file_okay=False,
-            help="Samples for --max-drop (class sub-folders: top-1; else agreement with FP32).",
-        ),
-    ] = None,
-    eval_limit: Annotated[
-        int | None,
-        typer.Option("--eval-limit", help="With --max-drop: evaluate at most N samples per trial, e.g. 500."),
-    ] = None,
-    max_trials: Annotated[
-        int | None, typer.Option("--max-trials", help="With --max-drop: at most N conversions tried (default 20).")
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="With --max-drop: stop searching after S seconds, e.g. 600.")
-    ] = None,
-    bias_correction: Annotated[
-        bool | None,
-        typer.Option(
-            "--bias-correction/--no-bias-correction",
-            help="Shift each INT8 layer's bias by its mean output error on the calibration samples (static mode), e.g. --bias-correction.",
-        ),
-    ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            "--weights",
-            help="INT8 weight scales: per-channel (default) or per-tensor (symmetric; in torch 2.13 per-tensor "
-            "weights miss the fused INT8 kernels and run slower), e.g. --weights per-tensor.",
-        ),
-    ] = None,
-    form: Annotated[
-        Form | None,
-        typer.Option(
-            "--form",
-            help="package (AOTInductor, deployable), program (exported, portable) or both (program at NAME.program.pt2).",
-        ),
-    ] = None,
-    package_batch_sizes: Annotated[
-        str | None,
-        typer.Option(
-            "--package-batch-sizes", help="Batch sizes the package is compiled for, one model each (default 1,16)."
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads",
-            help="torch threads while compiling the package; use the count it will run with (default: torch's).",
-        ),
-    ] = None,
+    output: OutputOpt,
+    stats: StatsOpt = None,
+    calib_dir: CalibDirOpt = None,
+    mode: ModeOpt = DEFAULT_MODE,
+    method: MethodOpt = DEFAULT_METHOD,
+    percentile: PercentileOpt = CONVERT.percentile,
+    exclude: ExcludeOpt = None,
+    max_drop: MaxDropOpt = None,
+    eval_dir: EvalDirOpt = None,
+    eval_limit: EvalLimitOpt = None,
+    max_trials: MaxTrialsOpt = SEARCH_MAX_TRIALS,
+    timeout: TimeoutOpt = None,
+    bias_correction: BiasCorrectionOpt = CONVERT.bias_correction,
+    weights: WeightsOpt = CONVERT.weights,
+    form: FormOpt = DEFAULT_FORM,
+    package_batch_sizes: PackageBatchSizesOpt = PACKAGE_BATCH_SIZES,
+    threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     config: ConfigOpt = None,
     limit: LimitOpt = None,
     seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
+    batch_size: BatchSizeOpt = CALIBRATION.batch_size,
     force: ForceOpt = False,
-    save_config: Annotated[
-        Path | None,
-        typer.Option(
-            "--save-config",
-            dir_okay=False,
-            help="Also write the effective configuration as a TOML recipe, e.g. --save-config used.toml (reuse with --config).",
-        ),
-    ] = None,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
+    save_config: SaveConfigOpt = None,
+    format: FormatOpt = OutputFormat.table,
     quiet: QuietOpt = False,
 ) -> None:
     """Quantize MODEL to INT8 (static by default) and write an artifact plain PyTorch can run.
@@ -140,80 +177,77 @@ def convert_command(
     Example: qcli convert digits.safetensors --arch qcli.demo.model:DigitNet --stats stats.safetensors -o digits-int8.pt2
     """
     from qcli.api import convert_model_file
-    from qcli.errors import GateFailed
 
-    rec = recipe(config)
-    options = calibration_options(rec, "convert", limit, seed, batch_size, mode)
-    gate_error: GateFailed | None = None
-    try:
-        report = convert_model_file(
-            model,
-            output,
-            stats=stats,
-            calib_dir=calib_dir,
-            arch=arch_spec(arch, arch_kwargs),
-            recipe=rec,
-            options=options,
-            form=rec.option("convert", "form", form.value if form else None, "package"),
-            force=force,
-            save_config=save_config,
-            method=rec.option("convert", "method", method.value if method else None, "histogram"),
-            percentile=rec.option("convert", "percentile", percentile, 99.99),
-            exclude=exclude or rec.option("convert", "exclude", None, None) or (),
-            max_drop=rec.option("convert", "max_drop", max_drop, None),
-            eval_dir=eval_dir,
-            eval_limit=eval_limit,
-            max_trials=rec.option("convert", "max_trials", max_trials, 20),
-            timeout=rec.option("convert", "timeout", timeout, None),
-            bias_correction=rec.option("convert", "bias_correction", bias_correction, False),
-            weights=rec.option("convert", "weights", weights, "per-channel"),
-            package_batch_sizes=parse_batch_sizes(
-                rec.option("convert", "package_batch_sizes", package_batch_sizes, None) or "1,16"
-            ),
-            threads=rec.option("convert", "threads", threads, None),
-            track=render.tracker(quiet, "calibrating"),
+    with flags_named(ctx):
+        search = search_options(max_drop, eval_dir, eval_limit, max_trials, timeout)
+        options = ConvertOptions(
+            calibration=CalibrationOptions(limit, seed, batch_size, mode.value),
+            method=method.value,
+            percentile=percentile,
+            exclude=tuple(exclude or ()),
+            bias_correction=bias_correction,
+            weights=weights,
+            form=form.value,
+            package_batch_sizes=parse_batch_sizes(package_batch_sizes),
+            threads=threads,
+            search=search,
         )
-    except GateFailed as exc:  # the best artifact was written; show what was tried, then exit 3
-        if exc.report is None:
-            raise
-        gate_error, report = exc, exc.report
+        report, gate_error = gated(
+            lambda: convert_model_file(
+                model,
+                output,
+                stats=stats,
+                calib_dir=calib_dir,
+                arch=arch_spec(arch, arch_kwargs),
+                recipe=recipe_of(ctx),
+                options=options,
+                force=force,
+                save_config=save_config,
+                track=render.tracker(quiet, "calibrating"),
+            )
+        )
     show(report, format)
     if gate_error is not None:
         raise gate_error
 
 
-def show(report: dict, format: OutputFormat) -> None:
+def search_options(
+    max_drop: float | None, eval_dir: Path | None, eval_limit: int | None, max_trials: int, timeout: float | None
+) -> SearchOptions | None:
+    """The FP32 fall-back search, when ``--max-drop`` asks for it (with ``--eval-dir``)."""
+    from qcli.errors import OptionError
+
+    if (max_drop is None) != (eval_dir is None):
+        raise OptionError(
+            "{max_drop} and {eval_dir} go together: the search measures accuracy on the evaluation folder"
+        )
+    if max_drop is None or eval_dir is None:
+        return None
+    return SearchOptions(max_drop, eval_dir, eval_limit, max_trials, timeout)
+
+
+def show(report: ConvertReport, format: OutputFormat) -> None:
     if format is OutputFormat.json:
         print(render.to_json(report))
         return
-    search = report.get("search")
+    search = report.search
     if search:
         rows = [
-            [str(i), t["reason"], str(len(t["excluded"])), render.fmt(t["drop"], 2), render.fmt(t["seconds"], 1)]
+            [str(i), t["reason"], str(len(t["excluded"])), tables.fmt(t["drop"], 2), tables.fmt(t["seconds"], 1)]
             for i, t in enumerate(search["trials"])
         ]
+        title = f"--max-drop {search['max_drop']:g} search ({search['stopped_by']})"
+        kept = ", ".join(search["best"]["excluded"]) or "nothing"
         render.emit(
-            [
-                (
-                    f"--max-drop {search['max_drop']:g} search ({search['stopped_by']})",
-                    ["trial", "change", "FP32 layers", "drop", "s"],
-                    rows,
-                )
-            ],
-            [
-                f"kept in FP32: {', '.join(search['best']['excluded']) or 'nothing'}; drop {search['best']['drop']:.2f} points"
-            ],
+            [tables.Table(title, ["trial", "change", "FP32 layers", "drop", "s"], rows)],
+            [f"kept in FP32: {kept}; drop {search['best']['drop']:.2f} points"],
             "table",
         )
-    for name, out in report["outputs"].items():
-        render.stdout.print(
-            f"wrote {out['path']} ({name}, {render.fmt_bytes(out['size_bytes'])})", markup=False, highlight=False
-        )
-    render.stdout.print(
-        f"{report['quantized_layers']} of {len(report['layers'])} conv/linear layers INT8 ({report['mode']}); "
-        f"model file was {render.fmt_bytes(report['model']['size_bytes'])}",
-        markup=False,
-        highlight=False,
+    for name, out in report.outputs.items():
+        render.say(f"wrote {out.path} ({name}, {tables.fmt_bytes(out.size_bytes)})")
+    render.say(
+        f"{report.quantized_layers} of {len(report.layers)} conv/linear layers INT8 ({report.mode}); "
+        f"model file was {tables.fmt_bytes(report.model.size_bytes)}"
     )
-    if report["saved_config"]:
-        render.stdout.print(f"wrote {report['saved_config']} (effective configuration)", markup=False, highlight=False)
+    if report.saved_config:
+        render.say(f"wrote {report.saved_config} (effective configuration)")

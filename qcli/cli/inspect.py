@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from qcli.cli import render
-from qcli.cli.common import arch_spec
+from qcli.cli.common import arch_spec, flags_named
 from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat
 
 
 def inspect_command(
+    ctx: typer.Context,
     path: Annotated[
         Path,
         typer.Argument(
@@ -38,7 +39,8 @@ def inspect_command(
     """
     from qcli.api import inspect_path
 
-    report = inspect_path(path, arch_spec(arch, arch_kwargs))
+    with flags_named(ctx):
+        report = inspect_path(path, arch_spec(arch, arch_kwargs))
     if format is OutputFormat.json:
         print(render.to_json(report))
         return

@@ -1,4 +1,10 @@
-"""Options shared by several commands, declared once as ``Annotated`` aliases."""
+"""Options shared by several commands, declared once as ``Annotated`` aliases.
+
+Choices and defaults come from ``qcli.options`` (the library's option objects), so ``--help``
+shows the defaults the library uses. ``--config`` is eager: its callback loads the recipe into
+the command's ``default_map`` before any other option is read, so flags beat the file and the
+file beats the declared default (``qcli.cli.common.load_config``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ from typing import Annotated
 
 import typer
 
+from qcli import options
+from qcli.cli.common import load_config
+
 
 class OutputFormat(str, Enum):
     table = "table"
@@ -15,25 +24,25 @@ class OutputFormat(str, Enum):
     markdown = "markdown"
 
 
-class Mode(str, Enum):
-    static = "static"
-    dynamic = "dynamic"
-    weight_only = "weight-only"
+# str Enums for Typer, built from the library's tuples so a new choice is declared once
+Mode = Enum("Mode", {m.replace("-", "_"): m for m in options.MODES}, type=str)  # type: ignore[misc]
+Method = Enum("Method", {m: m for m in options.METHODS}, type=str)  # type: ignore[misc]
+Form = Enum("Form", {f: f for f in options.FORMS}, type=str)  # type: ignore[misc]
 
 
-class Method(str, Enum):
-    histogram = "histogram"
-    minmax = "minmax"
-    percentile = "percentile"
-    entropy = "entropy"
-    mse = "mse"
-    auto = "auto"
+def batch_sizes_text(sizes: tuple[int, ...]) -> str:
+    return ",".join(str(s) for s in sizes)
 
 
-class Form(str, Enum):
-    package = "package"
-    program = "program"
-    both = "both"
+CALIBRATION = options.CalibrationOptions()
+CONVERT = options.ConvertOptions()
+BENCH = options.BenchOptions()
+DEFAULT_MODE, DEFAULT_METHOD, DEFAULT_FORM = Mode(CALIBRATION.mode), Method(CONVERT.method), Form(CONVERT.form)
+PACKAGE_BATCH_SIZES, BENCH_BATCH_SIZES = (
+    batch_sizes_text(CONVERT.package_batch_sizes),
+    batch_sizes_text(BENCH.batch_sizes),
+)
+SEARCH_MAX_TRIALS = 20  # SearchOptions.max_trials (SearchOptions has required fields, so no instance)
 
 
 ModelArg = Annotated[
@@ -58,21 +67,29 @@ ArchKwargsOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", exists=True, dir_okay=False, help="TOML recipe (see configs/); flags on the command line win."
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        is_eager=True,
+        callback=load_config,
+        help="TOML recipe (see configs/): [preprocess] and a section per command whose keys are its option "
+        "names; flags on the command line win.",
     ),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most N calibration samples.")]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Shuffle the sample order with this seed (default: sorted by path).")
 ]
-BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per calibration batch (default 32).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per calibration batch.")]
 ModeOpt = Annotated[
-    Mode | None,
+    Mode,
     typer.Option(
         "--mode",
         help="static: calibrated activations; dynamic: activations quantized per token on each call "
         "(Linear layers); weight-only: INT8 weights, FP32 activations (Linear layers).",
     ),
 ]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or hints on stderr.")]

@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
+
+from qcli.tables import Table, fmt, fmt_bytes
 
 T = TypeVar("T")
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
 
 
-def to_json(report: dict[str, Any]) -> str:
-    """One JSON document; non-finite floats (SQNR of identical outputs) become null."""
+def to_json(report: Any) -> str:
+    """One JSON document of a report (a ``qcli.reports`` object or a dict); non-finite floats
+    (SQNR of identical outputs) become null."""
+    from qcli.reports import plain
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(report), indent=2, sort_keys=False)
+    document = report.to_dict() if hasattr(report, "to_dict") else report
+    return json.dumps(plain(document), indent=2, sort_keys=False)
 
 
 def tracker(quiet: bool, description: str) -> Any:
@@ -92,34 +87,14 @@ def plain_progress(items: Iterable[T], total: int | None, description: str, step
         print(f"qcli: {description}: {done}{suffix}", file=sys.stderr, flush=True)
 
 
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}f}{suffix}"
-    return f"{value}{suffix}"
-
-
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
+def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> RichTable:
+    table = RichTable(title=title, title_justify="left")
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:
@@ -127,19 +102,15 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
     return table
 
 
-def emit(
-    tables: list[tuple[str, list[str], list[list[str]]]], lines: list[str], fmt_name: str, console: Console = stdout
-) -> None:
+def emit(tables: list[Table], lines: list[str], fmt_name: str, console: Console = stdout) -> None:
     """Print titled tables and free lines as a Rich table or as Markdown."""
     if fmt_name == "markdown":
-        parts = []
-        for title, headers, rows in tables:
-            parts.append(f"### {title}\n\n{markdown_table(headers, rows)}")
+        parts = [f"### {t.title}\n\n{markdown_table(t.headers, t.rows)}" for t in tables]
         parts += lines
         console.print("\n\n".join(parts), markup=False, highlight=False)
         return
-    for title, headers, rows in tables:
-        console.print(rich_table(title, headers, rows))
+    for t in tables:
+        console.print(rich_table(t.title, t.headers, t.rows))
     for line in lines:
         console.print(line, markup=False, highlight=False)
 
@@ -147,144 +118,59 @@ def emit(
 # --- per-command views ---------------------------------------------------------------------------
 
 
-def bench_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[str]]:
-    env = report["environment"]
-    rows = []
-    for entry in report["latency"]:
-        v = entry["variants"]
-        for name in ("fp32_eager", "fp32_compiled", "int8"):
-            if name in v:
-                lat = v[name]
-                ratio = entry["speedup_vs_fp32_compiled"] if name == "int8" else None
-                rows.append(
-                    [
-                        str(entry["batch_size"]),
-                        name,
-                        fmt(lat["p50_ms"], 3),
-                        fmt(lat["p90_ms"], 3),
-                        fmt(lat["throughput"], 1),
-                        fmt(ratio, 2, "x"),
-                    ]
-                )
-    tables = [
-        (
-            f"Latency ({env['threads']} threads, {env['cpu_capability']}, torch {env['torch_version']})",
-            ["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"],
-            rows,
-        )
-    ]
-    acc = report.get("accuracy")
-    if acc:
-        arows = []
-        if acc["labeled"]:
-            arows.append(
-                [
-                    "top-1 %",
-                    fmt(acc["fp32_top1"]),
-                    fmt(acc["int8_top1"]),
-                    fmt(_diff(acc["int8_top1"], acc["fp32_top1"]), 2),
-                ]
-            )
-            arows.append(
-                [
-                    "top-5 %",
-                    fmt(acc["fp32_top5"]),
-                    fmt(acc["int8_top5"]),
-                    fmt(_diff(acc["int8_top5"], acc["fp32_top5"]), 2),
-                ]
-            )
-        arows.append(["top-1 agreement %", "100.00", fmt(acc["top1_agreement"]), "-"])
-        arows.append(["SQNR dB", "-", fmt(acc["sqnr_db"], 1), "-"])
-        arows.append(["cosine", "1.0000", fmt(acc["cosine"], 4), "-"])
-        if acc.get("pairs"):
-            arows.append(
-                [
-                    f"Spearman ({acc['pairs']} pairs)",
-                    fmt(acc["fp32_spearman"], 4),
-                    fmt(acc["int8_spearman"], 4),
-                    fmt(_diff(acc["int8_spearman"], acc["fp32_spearman"]), 4),
-                ]
-            )
-        tables.append((f"Accuracy on {acc['samples']} samples", ["metric", "FP32", "INT8", "change"], arows))
-    sizes = [
-        ["FP32 model file", fmt_bytes(report["model"]["size_bytes"])],
-        ["FP32 compiled package", fmt_bytes(report.get("fp32_compiled_size_bytes"))],
-        [f"INT8 artifact ({report['artifact']['form']})", fmt_bytes(report["artifact"]["size_bytes"])],
-    ]
-    tables.append(("Sizes", ["file", "size"], sizes))
-    base = report.get("baseline")
-    if base:
-        brows = [
-            [
-                r["figure"],
-                fmt(float(r["baseline"]), 3),
-                fmt(float(r["current"]), 3),
-                f"{r['change'] * 100:+.1f}%" if r.get("unit") == "%" else f"{r['change']:+.2f} points",
-                "REGRESSED" if r["regressed"] else "ok",
-            ]
-            for r in base["comparisons"]
-        ]
-        tables.append((f"Against baseline {base['path']}", ["figure", "baseline", "now", "change", "verdict"], brows))
-    lines = []
-    if report.get("report_html"):
-        lines.append(f"HTML report: {report['report_html']}")
-    gates = report.get("gates") or {}
-    if gates.get("failures"):
-        lines += [f"GATE FAILED: {f}" for f in gates["failures"]]
-    elif gates.get("max_drop") is not None or gates.get("min_speedup") is not None:
-        lines.append("gates passed")
-    return tables, lines
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[str]]:
+def inspect_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
     if report["kind"] == "artifact":
-        src = report.get("source") or {}
-        wb = report["written_by"]
-        summary = [
-            ["format", f"{report['format']} v{report['format_version']} ({report['form']})"],
-            ["size", fmt_bytes(report["size_bytes"])],
-            ["mode / method", f"{report['mode']} / {report['method']}"],
-            ["source", f"{src.get('file')} ({src.get('format')}, sha256 {str(src.get('sha256'))[:12]}…)"],
-            ["inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in report.get("inputs") or [])],
-            ["outputs", ", ".join(f"{o['shape']} {o['dtype']}" for o in report.get("outputs") or [])],
-            [
-                "calibration",
-                f"{report['calibration'].get('samples')} samples from {report['calibration'].get('files')} files in '{report['calibration'].get('root')}'",
-            ],
-            ["written by", f"qcli {wb['qcli_version']}, torch {wb['torch_version']}, torchao {wb['torchao_version']}"],
-        ]
-        if report.get("compiled_for"):
-            summary.append(
-                ["compiled for", f"{report['compiled_for']['isa']} ({report['compiled_for']['cpu_capability']})"]
-            )
-        layers = [
-            [
-                la["name"],
-                la["op"],
-                la["weight_dtype"] or "-",
-                fmt(la["weight_scale_min"], 6),
-                fmt(la["weight_scale_max"], 6),
-                fmt(la["input_scale"], 6),
-                fmt(la["input_zero_point"]),
-            ]
-            for la in report["layers"]
-        ]
-        return (
-            [
-                ("INT8 artifact", ["field", "value"], summary),
-                (
-                    f"Layers ({report['quantized_layers']} quantized)",
-                    ["layer", "type", "weights", "w scale min", "w scale max", "in scale", "in zp"],
-                    layers,
-                ),
-                hardware_table(report["cpu"]),
-            ],
-            hardware_lines(report["cpu"]),
+        return artifact_tables(report)
+    return model_tables(report)
+
+
+def artifact_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
+    src = report.get("source") or {}
+    wb = report["written_by"]
+    summary = [
+        ["format", f"{report['format']} v{report['format_version']} ({report['form']})"],
+        ["size", fmt_bytes(report["size_bytes"])],
+        ["mode / method", f"{report['mode']} / {report['method']}"],
+        ["source", f"{src.get('file')} ({src.get('format')}, sha256 {str(src.get('sha256'))[:12]}…)"],
+        ["inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in report.get("inputs") or [])],
+        ["outputs", ", ".join(f"{o['shape']} {o['dtype']}" for o in report.get("outputs") or [])],
+        [
+            "calibration",
+            f"{report['calibration'].get('samples')} samples from {report['calibration'].get('files')} files in '{report['calibration'].get('root')}'",
+        ],
+        ["written by", f"qcli {wb['qcli_version']}, torch {wb['torch_version']}, torchao {wb['torchao_version']}"],
+    ]
+    if report.get("compiled_for"):
+        summary.append(
+            ["compiled for", f"{report['compiled_for']['isa']} ({report['compiled_for']['cpu_capability']})"]
         )
+    layers = [
+        [
+            la["name"],
+            la["op"],
+            la["weight_dtype"] or "-",
+            fmt(la["weight_scale_min"], 6),
+            fmt(la["weight_scale_max"], 6),
+            fmt(la["input_scale"], 6),
+            fmt(la["input_zero_point"]),
+        ]
+        for la in report["layers"]
+    ]
+    return (
+        [
+            Table("INT8 artifact", ["field", "value"], summary),
+            Table(
+                f"Layers ({report['quantized_layers']} quantized)",
+                ["layer", "type", "weights", "w scale min", "w scale max", "in scale", "in zp"],
+                layers,
+            ),
+            hardware_table(report["cpu"]),
+        ],
+        hardware_lines(report["cpu"]),
+    )
+
+
+def model_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
     summary = [
         ["format", report["format"]],
         ["size", fmt_bytes(report["size_bytes"])],
@@ -311,15 +197,15 @@ def inspect_tables(report: dict[str, Any]) -> tuple[list[tuple[str, list[str], l
     ]
     return (
         [
-            ("Model", ["field", "value"], summary),
-            ("Layers", ["layer", "type", "weight shape", "params", "static mode"], layers),
+            Table("Model", ["field", "value"], summary),
+            Table("Layers", ["layer", "type", "weight shape", "params", "static mode"], layers),
             hardware_table(report["cpu"]),
         ],
         [f"note: {n}" for n in report["notes"]] + hardware_lines(report["cpu"]),
     )
 
 
-def hardware_table(cpu: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+def hardware_table(cpu: dict[str, Any]) -> Table:
     """This machine's INT8 capabilities as a table."""
 
     def yes(flag: bool) -> str:
@@ -334,16 +220,14 @@ def hardware_table(cpu: dict[str, Any]) -> tuple[str, list[str], list[list[str]]
         ["INT8 dot-product units", ", ".join(cpu["int8_dot_product"]) or "none"],
         ["quantized engine", cpu["quantized_engine"]],
     ]
-    return ("This CPU", ["capability", "value"], rows)
+    return Table("This CPU", ["capability", "value"], rows)
 
 
 def hardware_lines(cpu: dict[str, Any]) -> list[str]:
     return [f"warning: {cpu['warning']}"] if cpu.get("warning") else []
 
 
-def per_layer_table(
-    rows: list[dict[str, Any]] | None, suggested: list[str]
-) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[str]]:
+def per_layer_table(rows: list[dict[str, Any]] | None, suggested: list[str]) -> tuple[list[Table], list[str]]:
     """The per-layer error report, worst first, and the suggested exclusions."""
     if not rows:
         return [], ["per-layer report: not available (the artifact was made without calibration samples)"]
@@ -363,4 +247,9 @@ def per_layer_table(
     else:
         lines.append("no layer is under 20 dB output SQNR; nothing to suggest excluding")
     title = "Per-layer error on calibration samples, worst first (output SQNR includes earlier layers' error)"
-    return [(title, ["layer", "type", "output SQNR dB", "weight SQNR dB", "input range"], table)], lines
+    return [Table(title, ["layer", "type", "output SQNR dB", "weight SQNR dB", "input range"], table)], lines
+
+
+def say(line: str) -> None:
+    """One plain line of results on stdout (no Rich markup or highlighting)."""
+    stdout.print(line, markup=False, highlight=False)

@@ -80,7 +80,9 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
-def conv_bn_act(cin: int, cout: int, stride: int = 1, kernel: int = 3, groups: int = 1, act: type | None = nn.ReLU6):
+def conv_bn_act(
+    cin: int, cout: int, stride: int = 1, kernel: int = 3, groups: int = 1, act: type | None = nn.ReLU6
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),

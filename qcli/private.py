@@ -1,0 +1,175 @@
+"""Every private torch, torchao and typer surface qcli relies on, in one place.
+
+Each is a leading-underscore API that a torch, torchao or typer release may move or change. qcli
+reaches them only through this module, and ``tests/test_private.py`` calls ``check()``, which
+names each one that is missing, so an upgrade fails loudly in CI instead of somewhere deep in a
+command. Where a public fallback exists, the function says so and uses it.
+
+Nothing is imported at module level: the CLI imports this module and must not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def aoti_runner_class() -> Any | None:
+    """``torch._C._aoti.AOTIModelContainerRunnerCpu``: runs one compiled model of a package (0.07 s
+    to the first result against 4 s for ``load_package``). ``None`` on a torch without it; the
+    caller then uses the public ``load_package``."""
+    import torch
+
+    return getattr(getattr(torch._C, "_aoti", None), "AOTIModelContainerRunnerCpu", None)
+
+
+def load_package(path: str, name: str) -> Any:
+    """``torch._inductor.package.load_package``: the documented way to load an AOTInductor package."""
+    from torch._inductor import package
+
+    return package.load_package(path, name)  # type: ignore[attr-defined]  # not in its __all__
+
+
+def aot_compile(module: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+    """``torch._inductor.aot_compile``: compile one model of a package."""
+    import torch._inductor
+
+    return torch._inductor.aot_compile(module, args, options=options)
+
+
+def package_aoti(path: str, files: dict[str, Any]) -> None:
+    """``torch._inductor.package.package_aoti``: put compiled models into one ``.pt2`` package."""
+    from torch._inductor import package
+
+    package.package_aoti(path, files)  # type: ignore[attr-defined]  # not in its __all__
+
+
+def inductor_config() -> Any:
+    """``torch._inductor.config`` (``freezing`` is what gives INT8 speed)."""
+    import torch._inductor.config as config
+
+    return config
+
+
+def mkldnn_layout() -> Any:
+    """``torch._mkldnn``: the layout of oneDNN pre-packed weights (missing from torch's stubs)."""
+    import torch
+
+    return torch._mkldnn  # type: ignore[attr-defined]
+
+
+def ts2ep_converter() -> Any:
+    """``torch._export.converter.TS2EPConverter``: TorchScript to an exported program."""
+    from torch._export.converter import TS2EPConverter
+
+    return TS2EPConverter
+
+
+def assert_tensor_metadata_op() -> Any:
+    """``aten._assert_tensor_metadata.default``: the checks torch.export puts after dtype casts."""
+    import torch
+
+    return torch.ops.aten._assert_tensor_metadata.default
+
+
+def int_mm(a: Any, b: Any) -> Any:
+    """``torch._int_mm``: INT8 x INT8 -> INT32 matmul (Inductor turns it into a oneDNN INT8 linear)."""
+    import torch
+
+    return torch._int_mm(a, b)
+
+
+def fix_observer_range(observer: Any, lo: float, hi: float) -> None:
+    """Make a torchao observer report the range [lo, hi] instead of its own: its private
+    ``_calculate_qparams(min, max)`` is what its public ``calculate_qparams()`` calls."""
+    import functools
+
+    import torch
+
+    observer.calculate_qparams = functools.partial(observer._calculate_qparams, torch.tensor(lo), torch.tensor(hi))
+
+
+def click_errors() -> tuple[Any, Any]:
+    """``NoArgsIsHelpError`` and ``UsageError`` of the Click that typer vendors (``typer._click``):
+    typer re-exports ``BadParameter`` and ``Exit`` but not these two."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+    return NoArgsIsHelpError, UsageError
+
+
+def typer_option_type(param: Any) -> Any:
+    """The Python type of a Typer option (``int``, ``str``, an Enum; the item type of a list):
+    typer 0.26+ keeps it in ``type_descriptor`` rather than Click's ``param.type``."""
+    import typing
+
+    annotation = param.type_descriptor.annotation
+    args = typing.get_args(annotation)
+    return args[0] if param.multiple and args else annotation
+
+
+def typer_parse(param: Any, ctx: Any, value: Any) -> Any:
+    """Convert ``value`` as Typer would convert the option's command-line text (raises
+    ``typer.BadParameter``): ``get_runtime_param().coerce`` of typer 0.26+."""
+    return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+
+
+def _typer_option() -> Any:
+    from typer.core import TyperOption
+
+    return TyperOption
+
+
+def _has(owner: Callable[[], Any], *attrs: str) -> Callable[[], None]:
+    def probe() -> None:
+        obj = owner()
+        if obj is None:
+            raise AttributeError("not present")
+        for attr in attrs:
+            if not hasattr(obj, attr):
+                raise AttributeError(f"{type(obj).__name__} has no '{attr}'")
+
+    return probe
+
+
+def _observer_base() -> Any:
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    return HistogramObserver
+
+
+# name -> a probe that raises when the surface is gone or has changed shape
+SURFACES: dict[str, Callable[[], Any]] = {
+    "torch._C._aoti.AOTIModelContainerRunnerCpu": _has(
+        aoti_runner_class,
+        "run",
+        "get_constant_names_to_original_fqns",
+        "extract_constants_map",
+        "update_constant_buffer",
+    ),
+    "torch._inductor.package.load_package": lambda: (
+        __import__("torch._inductor.package", fromlist=["load_package"]).load_package
+    ),
+    "torch._inductor.aot_compile": lambda: __import__("torch._inductor", fromlist=["aot_compile"]).aot_compile,
+    "torch._inductor.package.package_aoti": lambda: (
+        __import__("torch._inductor.package", fromlist=["package_aoti"]).package_aoti
+    ),
+    "torch._inductor.config.freezing": _has(inductor_config, "freezing"),
+    "torch._mkldnn": mkldnn_layout,
+    "torch._export.converter.TS2EPConverter": _has(ts2ep_converter, "convert"),
+    "torch.ops.aten._assert_tensor_metadata": assert_tensor_metadata_op,
+    "torch._int_mm": lambda: __import__("torch")._int_mm,
+    "torchao observer._calculate_qparams": _has(_observer_base, "_calculate_qparams"),
+    "typer._click.exceptions": click_errors,
+    "typer.core.TyperOption.type_descriptor / get_runtime_param": _has(_typer_option, "get_runtime_param"),
+}
+
+
+def check() -> list[str]:
+    """Names of the private surfaces that are missing or changed, each with the reason."""
+    broken = []
+    for name, probe in SURFACES.items():
+        try:
+            probe()
+        except Exception as exc:  # any failure means the surface cannot be relied on
+            broken.append(f"{name}: {type(exc).__name__}: {exc}")
+    return broken

@@ -1,0 +1,127 @@
+"""The rows of every report table, built once: the terminal (Rich), Markdown and the HTML page
+all render these ``Table`` objects, so a figure reads the same in each format.
+
+Cells are text already formatted; renderers only lay them out (and escape them, for HTML).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qcli.reports import BaselineReport, BenchReport
+
+VARIANTS = {"fp32_eager": "FP32 eager", "fp32_compiled": "FP32 compiled", "int8": "INT8"}
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    """A number for a table cell; ``-`` for a figure that was not measured."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def latency_table(report: BenchReport) -> Table:
+    env = report.environment
+    rows = []
+    for timing in report.latency:
+        for name in VARIANTS:
+            lat = timing.variants.get(name)
+            if lat is None:
+                continue
+            ratio = timing.speedup("fp32_compiled") if name == "int8" else None
+            row = [str(timing.batch_size), name, fmt(lat.p50_ms, 3), fmt(lat.p90_ms, 3), fmt(lat.throughput, 1)]
+            rows.append([*row, fmt(ratio, 2, "x")])
+    return Table(
+        f"Latency ({env.threads} threads, {env.cpu_capability}, torch {env.torch_version})",
+        ["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"],
+        rows,
+    )
+
+
+def accuracy_table(report: BenchReport) -> Table | None:
+    acc = report.accuracy
+    if acc is None:
+        return None
+    rows = []
+    if acc.labeled:
+        rows.append(["top-1 %", fmt(acc.fp32_top1), fmt(acc.int8_top1), fmt(_diff(acc.int8_top1, acc.fp32_top1))])
+        rows.append(["top-5 %", fmt(acc.fp32_top5), fmt(acc.int8_top5), fmt(_diff(acc.int8_top5, acc.fp32_top5))])
+    rows.append(["top-1 agreement %", "100.00", fmt(acc.top1_agreement), "-"])
+    rows.append(["SQNR dB", "-", fmt(acc.sqnr_db, 1), "-"])
+    rows.append(["cosine", "1.0000", fmt(acc.cosine, 4), "-"])
+    if acc.pairs:
+        change = _diff(acc.int8_spearman, acc.fp32_spearman)
+        rows.append(
+            [f"Spearman ({acc.pairs} pairs)", fmt(acc.fp32_spearman, 4), fmt(acc.int8_spearman, 4), fmt(change, 4)]
+        )
+    return Table(f"Accuracy on {acc.samples} samples", ["metric", "FP32", "INT8", "change"], rows)
+
+
+def sizes_table(report: BenchReport) -> Table:
+    rows = [
+        ["FP32 model file", fmt_bytes(report.model.size_bytes)],
+        ["FP32 compiled package", fmt_bytes(report.fp32_compiled_size_bytes)],
+        [f"INT8 artifact ({report.artifact.form})", fmt_bytes(report.artifact.size_bytes)],
+    ]
+    return Table("Sizes", ["file", "size"], rows)
+
+
+def baseline_table(baseline: BaselineReport | None) -> Table | None:
+    if baseline is None:
+        return None
+    rows = [
+        [
+            c.figure,
+            fmt(float(c.baseline), 3),
+            fmt(float(c.current), 3),
+            f"{c.change * 100:+.1f}%" if c.unit == "%" else f"{c.change:+.2f} points",
+            "REGRESSED" if c.regressed else "ok",
+        ]
+        for c in baseline.comparisons
+    ]
+    return Table(f"Against baseline {baseline.path}", ["figure", "baseline", "now", "change", "verdict"], rows)
+
+
+def bench_tables(report: BenchReport) -> list[Table]:
+    """Latency, accuracy, sizes and the baseline comparison, in that order (those measured)."""
+    tables = [latency_table(report), accuracy_table(report), sizes_table(report), baseline_table(report.baseline)]
+    return [t for t in tables if t is not None]
+
+
+def gate_lines(report: BenchReport) -> list[str]:
+    if report.gates.failures:
+        return [f"GATE FAILED: {f}" for f in report.gates.failures]
+    if report.gates.max_drop is not None or report.gates.min_speedup is not None:
+        return ["gates passed"]
+    return []
