@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcli import engine, graph, private, ranges
+from qcli import engine, graph, hardware, private, ranges
 from qcli import layers as layer_report
 from qcli.calibrate import Prepared
 from qcli.errors import OptionError, UnsupportedModel
@@ -338,6 +338,8 @@ def artifact_metadata(
         **base_metadata(),
         "mode": prepared.mode,
         "method": options.method if static else "dynamic",
+        # 7-bit activations (static) or weights (dynamic): made on a CPU without INT8 dot products
+        "reduced_range": hardware.reduced_range() and prepared.mode != "weight-only",
         "percentile": options.percentile if options.method == "percentile" and static else None,
         "source": {
             "file": loaded.path.name,

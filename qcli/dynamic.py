@@ -20,16 +20,17 @@ from collections.abc import Callable
 from typing import Any
 
 from qcli import graph as graph_helpers
-from qcli import private
+from qcli import hardware, private
 
 QMAX = 127  # symmetric INT8: -127..127, so a scale maps +max and -max alike
+REDUCED_QMAX = 63  # 7-bit weights, on CPUs without INT8 dot products (hardware.reduced_range)
 
 
 def weight_int8(weight: Any, qmax: int = QMAX) -> tuple[Any, Any]:
     """Per-output-channel symmetric INT8 of a ``[out, in]`` weight: ``(int8 weight, scales [out])``.
 
     ``scale = max|w_row| / qmax``; an all-zero row gets the smallest positive scale (its INT8 row
-    is 0). ``qmax`` is 127 (symmetric INT8).
+    is 0). ``qmax`` is 127, or 63 on CPUs where full-range products saturate (``hardware.reduced_range``).
     """
     import torch
 
@@ -72,7 +73,8 @@ def rewrite(gm: Any, mode: str, excluded: tuple[str, ...]) -> Any:
     """Replace the graph's linear layers (weights held by the graph, not computed) in place and
     return ``gm``. Layers whose module path is in ``excluded`` or lies inside one of them stay FP32."""
     kernel = KERNELS[mode]
-    qmax = QMAX
+    # dynamic INT8 multiplies INT8 by INT8: 7-bit weights where products would saturate
+    qmax = REDUCED_QMAX if mode == "dynamic" and hardware.reduced_range() else QMAX
     graph = gm.graph
     count = 0
     for node in list(graph.nodes):

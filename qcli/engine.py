@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from qcli import graph as graph_helpers
+from qcli import hardware
 from qcli.errors import UnsupportedModel
 
 _NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._inductor", "torch._dynamo", "torch.export", "torch._export")
@@ -85,7 +86,8 @@ def quantizer(exclude: tuple[str, ...] = (), weights: str = "per-channel") -> An
         import torch
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
-        config = xiq.get_default_x86_inductor_quantization_config()
+        # 7-bit activations where INT8 products would saturate (no VNNI): see hardware.reduced_range
+        config = xiq.get_default_x86_inductor_quantization_config(reduce_range=hardware.reduced_range())
         if weights == "per-tensor":
             from torchao.quantization.pt2e.observer import MinMaxObserver
             from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec

@@ -63,6 +63,21 @@ INT8_DOT_PRODUCT = {
 }
 
 
+def reduced_range() -> bool:
+    """True on an x86 CPU without INT8 dot products (VNNI or AMX): INT8 must use 7 bits there.
+
+    Without VNNI, oneDNN multiplies INT8 with ``vpmaddubsw``, which adds two u8 x s8 products into
+    a saturating int16: 255 x 127 x 2 overflows it. Measured on an AVX2-only CPU, a compiled
+    dynamic INT8 linear with full-range operands had cosine 0.989 to FP32 (0.99997 uncompiled),
+    a static residual MLP 0.93. With one operand in 7 bits (activations 0..127 for static INT8,
+    as torchao advises; weights -63..63 for dynamic INT8) the products cannot overflow (cosine
+    0.99994). ARM and CPUs whose flags cannot be read keep 8 bits.
+    """
+    flags = cpu_flags()
+    x86 = "avx2" in flags or "sse4_2" in flags
+    return x86 and not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def quantized_engine() -> str:
     """The backend torch uses for quantized kernels here (x86, fbgemm, onednn, qnnpack)."""
     import torch
