@@ -38,8 +38,8 @@ demo: install
 	$(QCLI) convert $(DEMO)/weights/digits.safetensors --arch $(DEMO_ARCH) \
 		--stats $(DEMO_OUT)/digits-stats.safetensors -o $(DEMO_OUT)/digits-int8.pt2 --form both --force
 	$(QCLI) inspect $(DEMO_OUT)/digits-int8.pt2
-	$(QCLI) bench $(DEMO)/weights/digits.safetensors $(DEMO_OUT)/digits-int8.pt2 --config configs/mnist.toml \
-		--eval-dir $(DEMO)/data/eval --max-drop 0.5 -o $(DEMO_OUT)/bench.json --report $(DEMO_OUT)/report.html
+	$(QCLI) bench $(DEMO)/weights/digits.safetensors $(DEMO_OUT)/digits-int8.pt2 --arch $(DEMO_ARCH) --config configs/mnist.toml \
+		--eval-dir $(DEMO)/data/eval --max-drop 0.5 -o $(DEMO_OUT)/bench.json --report $(DEMO_OUT)/report.html --force
 
 # headless Chromium renders the HTML report in tests/test_report.py (Debian's package)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -85,7 +85,7 @@ quantize: install
 bench: install
 	$(if $(and $(MODEL),$(INT8)),,$(error make bench needs MODEL= and INT8= (EVAL= for accuracy, ARCH=, CONFIG=, GATES=)))
 	$(QCLI) bench $(MODEL) $(INT8) $(OPT_ARCH) $(OPT_CONFIG) $(if $(EVAL),--eval-dir $(EVAL)) \
-		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html $(GATES)
+		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html --force $(GATES)
 
 # the project's own benchmarks (not part of `make test`)
 benchmarks: bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result bench-memory bench-calibration bench-startup

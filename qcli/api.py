@@ -79,6 +79,7 @@ def calibrate_model(
     recipe: Recipe | None = None,
     options: CalibrationOptions | None = None,
     force: bool = False,
+    trust_model: bool = False,
     track: Track = identity_track,
 ) -> CalibrateReport:
     """``qcli calibrate``: observe the folder and write the statistics file.
@@ -93,7 +94,7 @@ def calibrate_model(
     model, out = Path(model), Path(out)
     recipe, options = recipe or Recipe(), options or CalibrationOptions()
     check_output(out, force)
-    loaded = load_model(model, arch)
+    loaded = load_model(model, arch, trust_model)
     folder = SampleFolder.open(Path(calib_dir), recipe.preprocess, seed=options.seed)
     result = calibrate(loaded, folder, options, track=track)
     meta = {
@@ -130,6 +131,7 @@ def convert_model_file(
     options: ConvertOptions | None = None,
     force: bool = False,
     save_config: PathLike | None = None,
+    trust_model: bool = False,
     track: Track = identity_track,
 ) -> ConvertReport:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
@@ -151,7 +153,7 @@ def convert_model_file(
     saved_config = Path(save_config) if save_config is not None else None
     _check_convert_outputs(out, options, saved_config, force, stats, calib_dir)
     use_threads(options.threads)  # oneDNN packs weights for the thread count it compiles with
-    loaded = load_model(model, arch)
+    loaded = load_model(model, arch, trust_model)
     from qcli.convert import resolve_excludes
 
     excluded = resolve_excludes(loaded.module, options.exclude)
@@ -317,6 +319,7 @@ def bench_model(
     calib_dir: PathLike | None = None,
     recipe: Recipe | None = None,
     options: BenchOptions | None = None,
+    trust_model: bool = False,
     track: Track = identity_track,
 ) -> BenchReport:
     """``qcli bench``: FP32 eager, FP32 compiled and INT8 side by side; accuracy; gates.
@@ -324,7 +327,9 @@ def bench_model(
     With ``options.baseline`` (an earlier report), figures that regressed beyond the tolerances
     fail the gates too (see ``qcli.baseline``). Without an artifact, the model is quantized first
     from ``calib_dir`` into a temporary file. Raises ``GateFailed`` (exit 3) after the report is
-    complete; the report is its ``report``.
+    complete; the report is its ``report``. The FP32 model is built with ``arch``; the
+    architecture an artifact's metadata names is used only with ``trust_model`` (metadata is text
+    anyone can edit, and importing it runs code).
 
     Example:
         >>> from qcli import demo
@@ -340,6 +345,8 @@ def bench_model(
     recipe, options = recipe or Recipe(), options or BenchOptions()
     evaluation = Path(eval_dir) if eval_dir is not None else None
     previous = baselines.load_baseline(options.baseline) if options.baseline is not None else None
+    if previous is not None:
+        _check_common_ground(previous, options, evaluation is not None)
     use_threads(options.threads)
     if evaluation is not None:  # a bad pairs.csv fails now, not after minutes of compiling
         from qcli.data import read_pairs
@@ -347,8 +354,10 @@ def bench_model(
         read_pairs(SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder"))
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
-        artifact, loaded = _bench_artifact(model, artifact_path, arch, calib_dir, recipe, options, workdir, track)
-        subjects = _bench_subjects(model, artifact, arch, loaded, options)
+        artifact, loaded = _bench_artifact(
+            model, artifact_path, arch, calib_dir, recipe, options, workdir, track, trust_model
+        )
+        subjects = _bench_subjects(model, artifact, arch, loaded, options, trust_model)
         report = _measure(subjects, evaluation or _path(calib_dir), recipe, options, workdir)
         if evaluation is not None:
             folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
@@ -372,6 +381,7 @@ def _bench_artifact(
     options: BenchOptions,
     workdir: Path,
     track: Track,
+    trust_model: bool,
 ) -> tuple[Path, LoadedModel | None]:
     """The artifact to measure: the one given, or the model quantized now from ``calib_dir``."""
     if artifact_path is not None:
@@ -379,11 +389,14 @@ def _bench_artifact(
     if calib_dir is None:
         raise OptionError("pass an INT8 artifact to compare with, or {calib_dir} to quantize the model first")
     out = workdir / "int8.pt2"
-    loaded = load_model(model, arch)
+    loaded = load_model(model, arch, trust_model)
     # a package runs one sequence length; the program any length seen in calibration
     form = "program" if infer_input_spec(loaded.module).sequence else "package"
     convert_options = ConvertOptions(form=form, package_batch_sizes=options.batch_sizes)
-    convert_model_file(model, out, calib_dir=calib_dir, arch=arch, recipe=recipe, options=convert_options, track=track)
+    convert_model_file(
+        model, out, calib_dir=calib_dir, arch=arch, recipe=recipe, options=convert_options, trust_model=trust_model,
+        track=track,
+    )  # fmt: skip
     return out, loaded
 
 
@@ -406,7 +419,12 @@ class BenchSubjects:
 
 
 def _bench_subjects(
-    model: Path, artifact_path: Path, arch: ArchSpec | None, loaded: LoadedModel | None, options: BenchOptions
+    model: Path,
+    artifact_path: Path,
+    arch: ArchSpec | None,
+    loaded: LoadedModel | None,
+    options: BenchOptions,
+    trust_model: bool,
 ) -> BenchSubjects:
     """The artifact and the FP32 model it was made from (checked by hash), both loaded."""
     from qcli import bench
@@ -414,18 +432,23 @@ def _bench_subjects(
 
     meta = read_metadata(artifact_path)
     source = meta.get("source") or {}
-    if arch is None and source.get("arch"):
+    if arch is None and source.get("arch") and loaded is None:
+        if not trust_model:
+            raise OptionError(
+                f"artifact '{artifact_path}' was made with {{arch}} {source['arch']}; pass {{arch}} to build the FP32 "
+                "model (qcli does not import code a file names), or {trust_model} if you trust the artifact"
+            )
         arch = ArchSpec(source["arch"], source.get("arch_kwargs") or {})
-        loaded = None  # built without the architecture the artifact names
     if loaded is None:
-        loaded = load_model(model, arch)
+        loaded = load_model(model, arch, trust_model)
     if source.get("sha256") and source["sha256"] != loaded.sha256:
         raise OptionError(
             f"artifact '{artifact_path}' was made from another model (sha256 {source['sha256'][:12]}…); "
             "pass the FP32 model it was converted from"
         )
     bench.check_batch_sizes(meta, artifact_path, options.batch_sizes)
-    return BenchSubjects(model, artifact_path, meta, loaded, load_artifact(artifact_path))
+    artifact = load_artifact(artifact_path, trust_model=trust_model)
+    return BenchSubjects(model, artifact_path, meta, loaded, artifact)
 
 
 def _measure(
@@ -458,6 +481,19 @@ def _measure(
     )
 
 
+def _check_common_ground(previous: BenchReport, options: BenchOptions, evaluating: bool) -> None:
+    """A baseline must share a batch size or an accuracy figure with this run, or its gate would
+    pass having compared nothing."""
+    sizes = sorted({t.batch_size for t in previous.latency} & set(options.batch_sizes))
+    if not sizes and not (evaluating and previous.accuracy is not None):
+        then = ",".join(str(t.batch_size) for t in previous.latency) or "none"
+        raise OptionError(
+            f"baseline '{options.baseline}' has nothing in common with this run: its batch sizes are {then} "
+            f"and it {'has no' if previous.accuracy is None else 'has an'} accuracy figure; bench {{batch_sizes}} "
+            "it measured (and an evaluation folder if it has accuracy)"
+        )
+
+
 def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchReport | None) -> None:
     """Fill ``report.gates`` (and ``report.baseline``) from the options' thresholds."""
     from qcli import baseline as baselines
@@ -467,11 +503,14 @@ def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchRepo
     if previous is None or options.baseline is None:
         return
     rows = baselines.compare(report, previous, options.latency_tolerance, options.accuracy_tolerance)
+    if not rows:
+        raise OptionError(f"baseline '{options.baseline}' has no figure in common with this run to compare")
+    report.warnings += baselines.environment_changes(report, previous)
     report.baseline = BaselineReport(str(options.baseline), options.latency_tolerance, options.accuracy_tolerance, rows)
     report.gates.fail(baselines.failures(rows, options.latency_tolerance, options.accuracy_tolerance))
 
 
-def inspect_path(path: PathLike, arch: ArchSpec | None = None) -> dict[str, Any]:
+def inspect_path(path: PathLike, arch: ArchSpec | None = None, trust_model: bool = False) -> dict[str, Any]:
     """``qcli inspect``: a JSON-ready description of a model file or a qcli artifact.
 
     Example:
@@ -483,4 +522,4 @@ def inspect_path(path: PathLike, arch: ArchSpec | None = None) -> dict[str, Any]
 
     path = Path(path)
     require_file(path, "model")
-    return describe(path, arch)
+    return describe(path, arch, trust_model)

@@ -34,9 +34,29 @@ def load_baseline(path: Path) -> BenchReport:
             f"baseline '{path}' has schema_version {data.get('schema_version')!r}; this qcli writes {SCHEMA_VERSION}"
         )
     try:
-        return BenchReport.from_dict(data)
+        report = BenchReport.from_dict(data)
+        timings = [v.p50_ms for t in report.latency for v in t.variants.values()]
+        if not all(isinstance(ms, (int, float)) and ms > 0 for ms in timings):
+            raise ValueError("a latency that is not a positive number")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QcliError(f"baseline '{path}' is a damaged `qcli bench` report ({type(exc).__name__}: {exc})") from None
+    return report
+
+
+def environment_changes(current: BenchReport, baseline: BenchReport) -> list[str]:
+    """Warnings when the baseline was measured where timings are not comparable."""
+    now, then = current.environment, baseline.environment
+    changes = []
+    for label, a, b in (
+        ("threads", then.threads, now.threads),
+        ("CPU features", ", ".join(then.cpu_features), ", ".join(now.cpu_features)),
+        ("CPU capability", then.cpu_capability, now.cpu_capability),
+        ("torch", then.torch_version, now.torch_version),
+    ):
+        if a != b:
+            changes.append(f"the baseline was measured with {label} {a or '-'}, this run with {b or '-'}: latency "
+                           "comparisons across them mostly measure the difference")  # fmt: skip
+    return changes
 
 
 def compare(

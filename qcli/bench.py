@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from qcli import engine, graph, metrics
 from qcli.config import PreprocessConfig
 from qcli.data import InputSpec
-from qcli.errors import OptionError, QcliError
+from qcli.errors import DataError, OptionError, QcliError
 
 if TYPE_CHECKING:
     from qcli.evaluate import Accuracy
@@ -177,7 +177,9 @@ def example_inputs(
         from qcli.data import SampleFolder
 
         folder = SampleFolder.open(folder_path, preprocess, seed=0, what="sample folder")
-        batch = next(folder.batches(spec, batch_size=16, limit=16))
+        batch = next(folder.batches(spec, batch_size=16, limit=16), None)
+        if batch is None:
+            raise DataError(f"sample folder '{folder_path}' holds no samples (its files hold zero rows)")
         return args_for(batch.inputs, spec)
     gen = torch.Generator().manual_seed(0)
     out = []

@@ -188,7 +188,19 @@ def load_stats(path: Path) -> Stats:
             f"{STATS_VERSION}; run `qcli calibrate` again",
             path=path,
         )
-    return Stats(tensors, json.loads(header["qcli"]), path)
+    try:
+        meta = json.loads(header["qcli"])
+        example = [(list(map(int, shape)), str(dtype)) for shape, dtype in zip(
+            meta["example_shapes"], meta["example_dtypes"], strict=True
+        )]  # fmt: skip
+        if not isinstance(meta.get("observers", {}), dict) or not example:
+            raise ValueError("no observers or example shapes")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StatsError(
+            f"statistics '{path}' have damaged metadata ({type(exc).__name__}: {exc}); run `qcli calibrate` again",
+            path=path,
+        ) from None
+    return Stats(tensors, meta, path)
 
 
 def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
@@ -316,7 +328,12 @@ def calibrate(
     mode, batch_size, limit = options.mode, options.batch_size, options.limit
     spec = infer_input_spec(loaded.module)
     batches = folder.batches(spec, batch_size, limit)
-    first = next(batches)
+    first = next(batches, None)
+    if first is None:
+        raise DataError(
+            f"calibration folder '{folder.root}' holds no samples (its files hold zero rows); pass a folder of samples",
+            path=folder.root,
+        )
     check_dtypes(first, spec)
     prepared = prepare(loaded, example_from(first, spec), spec, mode, exclude, weights)
     total = min(limit, len(folder.files)) if limit else len(folder.files)

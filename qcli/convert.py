@@ -363,15 +363,31 @@ def artifact_metadata(
 def write_forms(
     final: Any, program: Any, example: tuple[Any, ...], out: Path, options: ConvertOptions, metadata: dict[str, Any]
 ) -> dict[str, str]:
-    """Write the package and/or the program (``options.form``); returns form → path."""
-    from qcli.artifact import write_package, write_program
+    """Write the package and/or the program (``options.form``); returns form → path.
 
-    outputs = {}
-    if options.form in ("package", "both"):
-        write_package(final, example, out, metadata, list(options.package_batch_sizes))
-        outputs["package"] = str(out)
-    if options.form in ("program", "both"):
-        target = out if options.form == "program" else program_path(out)
-        write_program(program, target, metadata)
-        outputs["program"] = str(target)
-    return outputs
+    ``both`` writes both files or neither: the program goes to a temporary file first, the package
+    into place, and the program is moved into place last; a failure or an interrupt anywhere
+    before that leaves no file, and one during the last move removes the package again.
+    """
+    from qcli.artifact import write_package, write_program
+    from qcli.files import atomic_output
+
+    sizes = list(options.package_batch_sizes)
+    if options.form == "package":
+        write_package(final, example, out, metadata, sizes)
+        return {"package": str(out)}
+    if options.form == "program":
+        write_program(program, out, metadata)
+        return {"program": str(out)}
+    target = program_path(out)
+    package_written = False
+    try:
+        with atomic_output(target) as tmp_program:
+            write_program(program, tmp_program, metadata)
+            write_package(final, example, out, metadata, sizes)
+            package_written = True
+    except BaseException:
+        if package_written:
+            out.unlink(missing_ok=True)
+        raise
+    return {"package": str(out), "program": str(target)}

@@ -15,16 +15,16 @@ SCHEMA_VERSION = 1
 QUANTIZED_TYPES = {"static": ("Conv1d", "Conv2d", "Conv3d", "Linear"), "dynamic": ("Linear",)}
 
 
-def describe(path: Path, arch: ArchSpec | None = None) -> dict[str, Any]:
+def describe(path: Path, arch: ArchSpec | None = None, trust_model: bool = False) -> dict[str, Any]:
     """A JSON-ready description of a model file or a qcli artifact."""
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or is_qcli_artifact(path):
         return describe_artifact(path)
-    return describe_model(path, arch)
+    return describe_model(path, arch, trust_model)
 
 
-def describe_model(path: Path, arch: ArchSpec | None) -> dict[str, Any]:
-    loaded = load_model(path, arch)
+def describe_model(path: Path, arch: ArchSpec | None, trust_model: bool = False) -> dict[str, Any]:
+    loaded = load_model(path, arch, trust_model)
     spec = infer_input_spec(loaded.module)
     notes = []
     quantizable = True

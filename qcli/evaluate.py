@@ -94,6 +94,8 @@ def evaluate(
                     hits1_q += metrics.topk_hits(out, batch.labels, 1)
                     hits5_fp += metrics.topk_hits(ref, batch.labels, 5)
                     hits5_q += metrics.topk_hits(out, batch.labels, 5)
+    if n == 0:  # an agreement of 0% on no samples would be a number qcli cannot stand behind
+        raise DataError(f"evaluation folder '{folder.root}' holds no samples (its files hold zero rows)")
     labeled = folder.labeled
     spearman: tuple[float | None, float | None] = (None, None)
     if pairs:

@@ -56,12 +56,19 @@ class ArchSpec:
         import torch
 
         module_name, _, attr = self.target.partition(":")
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules next to the user resolve
+        # like `python -m`, modules next to the user resolve; only for this import, so that later
+        # imports in the process cannot pick up files from the working folder
+        cwd = str(Path.cwd())
+        added = "" not in sys.path and cwd not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # ImportError, or any error raised while importing user code
             raise ArchError(f"--arch '{self.target}': cannot import '{module_name}': {exc}") from exc
+        finally:
+            if added and cwd in sys.path:
+                sys.path.remove(cwd)
         factory = module
         for part in attr.split("."):
             if not hasattr(factory, part):
@@ -160,8 +167,13 @@ def loader(fmt: str) -> Callable[[Loader], Loader]:
     return register
 
 
-def load_model(path: Path, arch: ArchSpec | None = None) -> LoadedModel:
-    """Load any supported FP32 model file; ``arch`` is required for state dicts."""
+def load_model(path: Path, arch: ArchSpec | None = None, trust_model: bool = False) -> LoadedModel:
+    """Load any supported FP32 model file; ``arch`` is required for state dicts.
+
+    An exported program's pickles are scanned first (``qcli.scan``) and refused when they would
+    import anything but tensors, unless ``trust_model``.
+    """
+    path = Path(path)
     require_file(path, "model")
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or (fmt == EXPORTED_PROGRAM and is_qcli_artifact(path)):
@@ -170,6 +182,10 @@ def load_model(path: Path, arch: ArchSpec | None = None) -> LoadedModel:
             "(use `qcli inspect` to see what it holds)",
             path=path,
         )
+    if fmt == EXPORTED_PROGRAM:
+        from qcli.scan import check_archive
+
+        check_archive(path, trust_model)
     module = LOADERS[fmt](path, arch)
     if fmt != EXPORTED_PROGRAM:  # an exported program's module is already inference-only
         module.eval()

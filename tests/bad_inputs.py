@@ -118,6 +118,96 @@ def evil_torch_save(d: Path) -> list[str]:
     return ["inspect", "model.pt", *ARCH]
 
 
+def tamper_program(src: Path, dst: Path) -> None:
+    """Copy an exported program, with its first weight turned into a pickle that opens MARKER when
+    torch.export.load unpickles it (torch 2.13 loads ``use_pickle`` weights with
+    weights_only=False)."""
+    import json
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        config_name = next(n for n in zin.namelist() if n.endswith("weights_config.json"))
+        config = json.loads(zin.read(config_name))
+        first = next(iter(config["config"].values()))
+        first["use_pickle"] = True
+        target = config_name.rsplit("/", 1)[0] + "/" + first["path_name"]
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == config_name:
+                data = json.dumps(config).encode()
+            elif item.filename == target:
+                data = pickle.dumps(_Evil(), protocol=2)
+            zout.writestr(item, data)
+
+
+def exported_program(d: Path) -> Path:
+    from qcli.load import ArchSpec, load_model
+
+    module = load_model(demo.WEIGHTS, ArchSpec.parse(demo.ARCH)).module
+    torch.export.save(torch.export.export(module, (torch.zeros(2, 1, 28, 28),)), str(d / "clean.pt2"))
+    return d / "clean.pt2"
+
+
+def evil_exported_program(d: Path) -> list[str]:
+    tamper_program(exported_program(d), d / "model.pt2")
+    (d / "clean.pt2").unlink()
+    return ["inspect", "model.pt2"]
+
+
+def evil_program_artifact(d: Path) -> list[str]:
+    qcli_ok("convert", weights(d), *ARCH, "--calib-dir", calib(d, 4), "-o", "clean.pt2", "--form", "program")
+    tamper_program(d / "clean.pt2", d / "int8.pt2")
+    return ["bench", "digits.safetensors", "int8.pt2", *ARCH, "--batch-sizes", "1", "--runs", "1"]
+
+
+def arch_only_in_metadata(d: Path) -> list[str]:
+    qcli_ok("convert", weights(d), *ARCH, "--calib-dir", calib(d, 4), "-o", "int8.pt2", "--form", "program")
+    return ["bench", "digits.safetensors", "int8.pt2", "--batch-sizes", "1", "--runs", "1"]
+
+
+def bench_report_over(name: str) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        (d / "int8.pt2").write_bytes(b"not read: the outputs are checked first")
+        (d / "bench.json").write_text("{}")
+        return ["bench", weights(d), "int8.pt2", *ARCH, "-o", name]
+
+    return setup
+
+
+def damaged_stats(d: Path) -> list[str]:
+    header = {"format": "qcli-stats", "format_version": "1", "qcli": '{"model_sha256": "0"}'}
+    save_file({"x": torch.zeros(1)}, d / "stats.safetensors", metadata=header)
+    return ["convert", weights(d), *ARCH, "--stats", "stats.safetensors", "-o", "int8.pt2"]
+
+
+def damaged_artifact(d: Path) -> list[str]:
+    import json
+
+    with zipfile.ZipFile(d / "int8.pt2", "w") as z:
+        z.writestr("int8/archive_format", "pt2")
+        z.writestr("int8/models/model.json", "{}")
+        z.writestr("int8/extra/qcli.json", json.dumps({"format": "qcli-int8", "format_version": 1, "form": 7}))
+    return ["inspect", "int8.pt2"]
+
+
+def baseline_of(latency_ms: float, batch: int) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        import json
+
+        from qcli.bench import BatchTiming, Latency
+        from qcli.reports import ArtifactInfo, BenchReport, Environment, Gates, ModelInfo
+
+        timing = BatchTiming(batch, 3, {"int8": Latency(latency_ms, latency_ms, 1.0)})
+        report = BenchReport(
+            ModelInfo("m", "safetensors", "0", 1, 1), ArtifactInfo("a", "package", "static", 1), 1,
+            Environment(2, "2.13.0", None, "0.1.0", "3.11", "AVX2", [], "x86_64"), [timing], None, Gates(None, None),
+        )  # fmt: skip
+        (d / "base.json").write_text(json.dumps(report.to_dict()))
+        (d / "int8.pt2").write_bytes(b"never read: the baseline is checked first")
+        return ["bench", weights(d), "int8.pt2", *ARCH, "--baseline", "base.json", "--batch-sizes", "1,16"]
+
+    return setup
+
+
 def state_dict_keys(d: Path) -> list[str]:
     state = load_file(demo.WEIGHTS)
     state["extra.weight"] = state.pop(next(iter(state)))
@@ -212,6 +302,9 @@ CASES: list[Case] = [
     Case("zip that is not TorchScript", foreign_zip, 1, "zip archive"),
     Case("pickle that would run code", evil_pickle, 1, "never unpickles code"),
     Case("torch.save of an object that would run code", evil_torch_save, 1, "never unpickles code"),
+    Case("exported program whose pickle would run code", evil_exported_program, 1, "pass --trust-model"),
+    Case("INT8 program whose pickle would run code", evil_program_artifact, 1, "pass --trust-model"),
+    Case("bench without --arch on an artifact that names one", arch_only_in_metadata, 1, "does not import code"),
     Case("state dict with wrong keys", state_dict_keys, 1, "missing"),
     Case("state dict with wrong shapes", state_dict_shapes, 1, "shape"),
     Case("--arch module does not import", arch("no_such_module:Net"), 1, "cannot import"),
@@ -246,6 +339,10 @@ CASES: list[Case] = [
         "uint8 values",
     ),
     Case("stats file of another model", stats_of_other_model, 1, "another model"),
+    Case("stats file with damaged metadata", damaged_stats, 1, "damaged metadata"),
+    Case("artifact with damaged metadata", damaged_artifact, 1, "damaged metadata (form 7)"),
+    Case("baseline with nothing in common", baseline_of(5.0, 7), 1, "nothing in common"),
+    Case("baseline with a zero latency", baseline_of(0.0, 16), 1, "damaged `qcli bench` report"),
     Case(
         "TorchScript that branches on tensor values", scripted_model("GatedConvNet"), 1, "data-dependent control flow"
     ),
@@ -282,6 +379,8 @@ CASES: list[Case] = [
         "does not exist",
     ),
     Case("output exists, no --force", existing_output, 1, "--force"),
+    Case("bench report over the model file", bench_report_over("digits.safetensors"), 1, "an input of this run"),
+    Case("bench report exists, no --force", bench_report_over("bench.json"), 1, "--force"),
     Case("recipe is not TOML", recipe("[calibrate\nlimit = 1"), 1, "is not valid TOML"),
     Case("recipe has an unknown key", recipe("[calibrate]\nlimt = 3\n"), 1, "unknown key 'calibrate.limt'"),
     Case("recipe value of the wrong type", recipe("[calibrate]\nlimit = 'many'\n"), 1, "wrong type"),

@@ -27,11 +27,38 @@ def test_bad_input_is_answered_in_one_line(outcomes, case):
     assert outcome.new_files == [], f"left behind: {outcome.new_files}"
 
 
+EVIL = (
+    "pickle that would run code",
+    "torch.save of an object that would run code",
+    "exported program whose pickle would run code",
+    "INT8 program whose pickle would run code",
+)
+
+
 def test_code_in_a_pickle_never_ran(outcomes):
     """The pickles would create MARKER in the working folder when unpickled."""
-    for name in ("pickle that would run code", "torch.save of an object that would run code"):
+    for name in EVIL:
         assert outcomes[name].exit_code == 1
         assert MARKER not in outcomes[name].new_files
+
+
+def test_the_evil_program_really_runs_code_when_trusted(tmp_path):
+    """The corpus's tampered .pt2 is a real exploit: with --trust-model torch unpickles it and the
+    marker appears, so the refusal above is what keeps it from running."""
+    import os
+
+    from bad_inputs import evil_exported_program
+
+    from qcli.cli.app import run
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        argv = evil_exported_program(tmp_path)
+        run([*argv, "--trust-model"])
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / MARKER).exists()
 
 
 def test_the_documented_table_is_current(outcomes):

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_qcli
+from models import residual_mlp
 
 from qcli import demo
 
@@ -96,9 +98,12 @@ def test_calibrate_convert_inspect_end_to_end(tmp_path):
     assert info["kind"] == "artifact" and info["calibration"]["samples"] == 48
     proc = qcli("inspect", out, "--format", "markdown")
     assert proc.returncode == 0 and "| layer |" in proc.stdout
-    # statistics of the demo do not fit another model
-    proc = qcli("convert", TESTS / "data" / "nothing.pt", "--stats", stats, "-o", tmp_path / "x.pt2")
-    assert proc.returncode == 2  # missing model path: a usage error
+    # statistics of the demo do not fit another model: refused before any work, nothing written
+    other = tmp_path / "mlp.pt"
+    torch.save(residual_mlp().state_dict(), other)
+    proc = qcli("convert", other, "--arch", "models:residual_mlp", "--stats", stats, "-o", tmp_path / "x.pt2")
+    assert proc.returncode == 1 and "were computed for another model" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.pt2").exists()
 
 
 def test_bench_gate_fails_with_exit_3_and_still_reports(bench_run):
@@ -150,9 +155,10 @@ def test_interrupt_leaves_nothing(tmp_path, signame):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_interrupted_convert_leaves_nothing(tmp_path, signame):
-    """The signal arrives while the artifact is being written (its temporary folder exists)."""
+@pytest.mark.parametrize(("signame", "during"), [("SIGINT", ".int8.program.pt2."), ("SIGTERM", ".int8.pt2.")])
+def test_interrupted_convert_leaves_nothing(tmp_path, signame, during):
+    """--form both writes the program, then the package: the signal arrives while the named one
+    is being written (its temporary folder exists), and neither file is left."""
     import signal
     import time
 
@@ -174,10 +180,13 @@ def test_interrupted_convert_leaves_nothing(tmp_path, signame):
     argv += ["-o", str(out_dir / "int8.pt2"), "--form", "both", "--package-batch-sizes", "1,3,5"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
-    while not any(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while (
+        not any(p.name.startswith(during) for p in out_dir.iterdir())
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
     assert proc.poll() is None, "convert finished before the signal could be sent"
-    time.sleep(0.5)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (130 if signame == "SIGINT" else 143), err

@@ -161,8 +161,11 @@ def test_damaged_png(edits, keep):
     for index, byte in edits:
         data[index] = byte
     pre = PreprocessConfig(channels="grayscale", mean=(0.1307,), std=(0.3081,))
+    lowest, highest = (0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081  # black and white, normalised
     for batch in read_folder({"digit.png": bytes(data[: len(PNG) - keep] if keep else data)}, pre):
-        assert batch.inputs["x"].shape[1:] == (1, 28, 28) or batch.inputs["x"].ndim == 4
+        x = batch.inputs["x"]  # whatever survives decoding is one grayscale image of real pixels
+        assert x.dtype == torch.float32 and x.shape[:2] == (1, 1) and x.ndim == 4 and min(x.shape[2:]) >= 1
+        assert torch.isfinite(x).all() and lowest - 1e-5 <= float(x.min()) <= float(x.max()) <= highest + 1e-5
 
 
 @FUZZ
@@ -181,3 +184,101 @@ def test_any_image_mode_and_size(width, height, mode, resize, crop, channels):
     Image.new(mode, (width, height)).save(buf, format="PNG" if mode != "CMYK" else "JPEG")
     pre = PreprocessConfig(channels=channels, resize=resize, center_crop=crop)
     read_folder({"image.png" if mode != "CMYK" else "image.jpg": buf.getvalue()}, pre)
+
+
+# --- models, statistics, artifacts and baselines ---------------------------------------------
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+def in_file(name: str, data: bytes, read) -> None:
+    """Write ``data`` as ``name`` in a fresh folder and read it; only qcli's own errors may come out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        with contextlib.suppress(QcliError):
+            read(path)
+
+
+WEIGHTS = demo.WEIGHTS.read_bytes()
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=6), st.integers(0, 64))
+def test_damaged_model_files(edits, cut):
+    """A safetensors state dict with bytes changed in its header or data, or cut short."""
+    from qcli.load import ArchSpec, load_model
+
+    data = bytearray(WEIGHTS)
+    for index, byte in edits:
+        data[index] = byte
+    in_file("model.safetensors", bytes(data[: len(data) - cut]), lambda p: load_model(p, ArchSpec.parse(demo.ARCH)))
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from(["format", "format_version", "qcli", "x"]), st.text(max_size=40), max_size=4),
+    st.dictionaries(st.sampled_from(["example_shapes", "example_dtypes", "observers", "mode"]), json_values),
+)
+def test_statistics_with_any_metadata(header, meta):  # fmt: skip
+    from safetensors.torch import save
+
+    from qcli.calibrate import load_stats
+
+    header = {"format": "qcli-stats", "format_version": "1", "qcli": json.dumps(meta), **header}
+    in_file("stats.safetensors", save({"x": torch.zeros(2)}, metadata=header), load_stats)
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(["form", "package_models", "inputs", "layers", "source", "config", "mode"]),
+        json_values,
+        max_size=5,
+    )
+)
+def test_artifacts_with_any_metadata(fields):  # fmt: skip
+    import zipfile
+
+    from qcli.artifact import read_metadata
+    from qcli.describe import describe_artifact
+
+    meta = {"format": "qcli-int8", "format_version": 1, "form": "program", **fields}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a/archive_format", "pt2")
+        z.writestr("a/models/model.json", "{}")
+        z.writestr("a/extra/qcli.json", json.dumps(meta))
+
+    def read(path: Path) -> None:
+        read_metadata(path)
+        describe_artifact(path)  # what `qcli inspect` shows of it
+
+    in_file("a.pt2", buf.getvalue(), read)
+
+
+BASELINE = {
+    "schema_version": 1,
+    "command": "bench",
+    "model": {"path": "m", "format": "safetensors", "sha256": "0", "size_bytes": 1, "parameters": 1},
+    "artifact": {"path": "a", "form": "package", "mode": "static", "size_bytes": 1},
+    "fp32_compiled_size_bytes": 1,
+    "environment": {"threads": 2, "torch_version": "2.13.0", "torchao_version": None, "qcli_version": "0",
+                    "python": "3.11", "cpu_capability": "AVX2", "cpu_features": [], "machine": "x86_64"},
+    "latency": [{"batch_size": 1, "runs": 3, "variants": {"int8": {"p50_ms": 1.0, "p90_ms": 1.0, "throughput": 1.0}}}],
+    "accuracy": None,
+    "gates": {"max_drop": None, "min_speedup": None, "passed": True, "failures": []},
+}  # fmt: skip
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(list(BASELINE)), json_values), max_size=3))
+def test_baselines_with_any_values(changes):
+    from qcli.baseline import load_baseline
+
+    document = {**BASELINE, **dict(changes), "command": "bench", "schema_version": 1}
+    in_file("base.json", json.dumps(document).encode(), load_baseline)

@@ -36,6 +36,17 @@ def test_formats_detected_from_content_not_name(tmp_path, demo_model):
         torch.testing.assert_close(loaded.module(x), demo_model.module(x))
 
 
+def test_arch_import_does_not_leave_the_working_folder_on_sys_path(tmp_path, monkeypatch):
+    """--arch resolves modules next to the user (like `python -m`), for that import only."""
+    import sys
+
+    (tmp_path / "mynet.py").write_text("import torch\ndef Net():\n    return torch.nn.Linear(2, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert isinstance(ArchSpec.parse("mynet:Net").build(), torch.nn.Linear)
+    assert str(tmp_path) not in sys.path and "" not in sys.path
+
+
 def test_exported_program_and_torchscript_load(tmp_path, demo_model):
     x = torch.randn(2, 1, 28, 28)
     program = torch.export.export(demo_model.module, (x,))

@@ -118,3 +118,14 @@ def test_package_loader_falls_back_to_load_package(monkeypatch, demo_artifacts, 
         monkeypatch.setattr(private, "aoti_runner_class", lambda: None)
         slow = artifact.load_artifact(demo_artifacts["package"]).run(x.clone())
     torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+
+
+def test_weight_realignment_leaves_a_runner_without_the_methods_alone():
+    """The fallback for a torch whose model runner lacks the constant-buffer methods: no copies."""
+    from qcli.artifact import realign_weights
+
+    class OlderRunner:
+        def run(self, inputs):
+            return inputs
+
+    assert realign_weights(OlderRunner()) == {}

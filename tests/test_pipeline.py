@@ -1,6 +1,7 @@
 """Calibration statistics, conversion and the artifacts, on the trained demo model."""
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -173,7 +174,9 @@ def test_package_runner_realigns_every_packed_weight_and_keeps_the_outputs(demo_
         torch.testing.assert_close(runner(x), load_package(str(path), "model")(x), rtol=0, atol=0)
 
 
-def test_compile_cache_compiles_each_shape_once_then_loads_it(tmp_path, monkeypatch, demo_artifacts, eval_batch):
+def test_compile_cache_compiles_each_shape_once_then_loads_it(
+    tmp_path, monkeypatch, caplog, demo_artifacts, eval_batch
+):
     """QCLI_COMPILE_CACHE: a program's first call of a shape writes a package for it; a later load
     runs that package without compiling anything, with the outputs of the compiled package form."""
     from qcli import artifact as artifact_module
@@ -181,12 +184,15 @@ def test_compile_cache_compiles_each_shape_once_then_loads_it(tmp_path, monkeypa
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("QCLI_COMPILE_CACHE", str(cache))
+    cache.mkdir(mode=0o700)
+    (cache / ".digits-int8.pt2.killed.tmp").mkdir()  # what a writer killed mid-compile leaves
     program = demo_artifacts["program"]
     x = eval_batch[0][:4].clone()
     with torch.no_grad():
         first = load_artifact(program).run(x)
         expected = load_artifact(demo_artifacts["package"]).run(x)
     (package,) = cache.glob("*.pt2")
+    assert not (cache / ".digits-int8.pt2.killed.tmp").exists()
     meta = read_metadata(package)
     assert meta["form"] == "package" and meta["compiled_from"]["sha256"] == sha256_file(program)
     assert meta["package_models"] == {"4": "model"} and meta["layers"] == read_metadata(program)["layers"]
@@ -202,6 +208,56 @@ def test_compile_cache_compiles_each_shape_once_then_loads_it(tmp_path, monkeypa
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     with pytest.raises(AssertionError, match="compiled again"):  # another shape is another package
         load_artifact(program).run(x[:2].clone())
+
+    monkeypatch.undo()  # a damaged entry is deleted and compiled again, with a warning
+    monkeypatch.setenv("QCLI_COMPILE_CACHE", str(cache))
+    package.write_bytes(b"PK\x03\x04 damaged")
+    with torch.no_grad(), caplog.at_level("WARNING", logger="qcli"):
+        repaired = load_artifact(program).run(x)
+    assert "cannot be used" in caplog.text and "compiling it again" in caplog.text
+    torch.testing.assert_close(repaired, first, rtol=0, atol=0)
+    assert read_metadata(package)["form"] == "package"
+
+
+def test_compile_cache_refuses_a_folder_others_can_write(tmp_path, demo_artifacts, eval_batch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ArtifactError, match="can be written by other users"):
+        load_artifact(demo_artifacts["program"], compile_cache=shared).run(eval_batch[0][:1].clone())
+    fresh = tmp_path / "made" / "cache"
+    from qcli.artifact import CompiledCache
+
+    CompiledCache(demo_artifacts["program"], {}, fresh).check_folder()
+    assert fresh.stat().st_mode & 0o777 == 0o700
+
+
+def test_compile_cache_compiles_once_for_processes_that_start_together(tmp_path, demo_artifacts, monkeypatch):
+    """Two loaders that miss the same entry at once: the lock makes the second wait and load the
+    first one's package instead of compiling it again."""
+    import threading
+    import time
+
+    from qcli.artifact import CompiledCache
+
+    compiled = []
+
+    def slow_compile(self, package, inputs):
+        compiled.append(package)
+        time.sleep(0.5)
+        package.write_bytes(b"package")
+
+    monkeypatch.setattr(CompiledCache, "compile", slow_compile)
+    monkeypatch.setattr(CompiledCache, "load", lambda self, package: "runner" if package.exists() else None)
+    caches = [CompiledCache(demo_artifacts["program"], {}, tmp_path / "cache") for _ in range(2)]
+    x = (torch.zeros(1, 1, 28, 28),)
+    results = []
+    threads = [threading.Thread(target=lambda c=c: results.append(c.load_or_compile(x))) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["runner", "runner"] and len(compiled) == 1
 
 
 def test_compile_cache_in_an_unusable_folder_is_a_clean_error(tmp_path, monkeypatch, demo_artifacts, eval_batch):
@@ -291,3 +347,18 @@ def test_package_records_its_thread_count_and_bench_warns_on_another(demo_artifa
     other = meta["compiled_threads"] + 1
     assert f"convert with --threads {other}" in thread_warning(meta, other)
     assert thread_warning(read_metadata(demo_artifacts["program"]), other) is None  # compiled when loaded
+
+
+def test_compile_cache_drops_an_entry_built_for_another_cpu(tmp_path, demo_artifacts, monkeypatch, caplog):
+    """A cached package that needs CPU features this machine lacks is deleted (and compiled again)
+    instead of being loaded."""
+    from qcli import artifact as artifact_module
+    from qcli import hardware
+
+    cache = artifact_module.CompiledCache(demo_artifacts["program"], {}, tmp_path)
+    entry = tmp_path / "entry.pt2"
+    shutil.copy(demo_artifacts["package"], entry)
+    monkeypatch.setattr(hardware, "missing_for", lambda isa: ["amx_int8"])
+    with caplog.at_level("WARNING", logger="qcli"):
+        assert cache.load(entry) is None
+    assert not entry.exists() and "compiled for a CPU with amx_int8" in caplog.text

@@ -190,9 +190,10 @@ def test_per_layer_report_finds_the_damaged_layer(demo_stats, demo_model):
     assert layers.suggestions(rows) == ["fc"]
 
 
-def test_bias_correction_removes_the_mean_error(demo_stats, demo_model):
-    """After correction, the first quantized layer's mean output error per channel is ~0, and the
-    model's output on the samples is at least as close to FP32 as without it."""
+def test_bias_correction_removes_the_mean_error(demo_stats, demo_model, eval_batch):
+    """After correction (fitted on the 32 calibration samples), the first quantized layer's mean
+    output error per channel is ~0 there, and on 400 held-out digits it was never fitted to the
+    model's output is closer to FP32 than without it."""
     from qcli import layers, metrics
     from qcli.calibrate import apply_stats, prepare
     from qcli.convert import quantize
@@ -207,10 +208,11 @@ def test_bias_correction_removes_the_mean_error(demo_stats, demo_model):
         fp32 = layers.fp32_reference(prepared.graph)
         converted = quantize(prepared, "entropy")
         changes = layers.bias_correct(fp32, converted, samples) if correct else []
+        held_out = eval_batch[0]
         with torch.no_grad():
-            results[correct] = metrics.sqnr_db(*metrics.power_sums(demo_model.module(*samples), converted(*samples)))
+            results[correct] = metrics.sqnr_db(*metrics.power_sums(demo_model.module(held_out), converted(held_out)))
         if correct:
-            assert len(changes) == 10 and all(c["mean_abs_shift"] >= 0 for c in changes)
+            assert len(changes) == 10 and all(c["mean_abs_shift"] > 0 for c in changes)
             first = graph.layer_nodes(converted)[("stem.0.0", 0)]
             (_, y_ref), (_, y_q) = (
                 layers._record(fp32, samples, {("stem.0.0", 0): graph.layer_nodes(fp32)[("stem.0.0", 0)]})[
@@ -219,7 +221,8 @@ def test_bias_correction_removes_the_mean_error(demo_stats, demo_model):
                 layers._record(converted, samples, {("stem.0.0", 0): first})[("stem.0.0", 0)],
             )
             assert (y_ref - y_q).mean(dim=(0, 2, 3)).abs().max() < 1e-3
-    assert results[True] >= results[False] - 0.2, results
+    print(f"held-out SQNR without / with bias correction: {results[False]:.2f} / {results[True]:.2f} dB")
+    assert results[True] > results[False], results
     unchanged = demo_model.module.state_dict()  # the FP32 model itself is never corrected
     assert all(torch.equal(unchanged[k], v) for k, v in source.items())
 

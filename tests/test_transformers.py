@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import run_qcli
 from safetensors.torch import save_file
+from test_ux import validate
 
 from qcli import dynamic, metrics
 from qcli.demo.model import TextEncoder
@@ -110,6 +111,10 @@ def test_encoder_quantizes_in_every_mode_and_keeps_embeddings(tmp_path, encoder_
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    validate(report)  # the schema knows every mode
+    proc = run_qcli("inspect", out, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    validate(json.loads(proc.stdout))
     assert report["mode"] == mode and report["quantized_layers"] == 12  # 6 linears per layer, 2 layers
     assert report["calibration_samples"] == 22
     model = small_encoder()

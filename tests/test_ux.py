@@ -129,7 +129,7 @@ def test_bench_baseline_catches_a_regression(tmp_path, bench_run, demo_artifacts
     baseline["accuracy"]["int8_top1"] += 2
     (tmp_path / "main.json").write_text(json.dumps(baseline))
     proc = run_qcli(
-        "bench", demo.WEIGHTS, demo_artifacts["package"], "--eval-dir", demo.EVAL_DIR, "--config", MNIST_RECIPE,
+        "bench", demo.WEIGHTS, demo_artifacts["package"], "--arch", demo.ARCH, "--eval-dir", demo.EVAL_DIR, "--config", MNIST_RECIPE,
         "--batch-sizes", "16", "--runs", "3", "--warmup", "1", "--eval-limit", "200", "-q",
         "--baseline", tmp_path / "main.json", "--format", "json",
     )  # fmt: skip
@@ -143,7 +143,9 @@ def test_bench_baseline_catches_a_regression(tmp_path, bench_run, demo_artifacts
 
 def test_bad_baseline_is_a_clear_error(tmp_path, demo_artifacts):
     (tmp_path / "x.json").write_text('{"command": "convert", "schema_version": 1}')
-    proc = run_qcli("bench", demo.WEIGHTS, demo_artifacts["package"], "--baseline", tmp_path / "x.json")
+    proc = run_qcli(
+        "bench", demo.WEIGHTS, demo_artifacts["package"], "--arch", demo.ARCH, "--baseline", tmp_path / "x.json"
+    )
     assert proc.returncode == 1
     assert (
         proc.stderr.strip()

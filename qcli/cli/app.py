@@ -76,6 +76,7 @@ def run(argv: list[str] | None = None) -> int:
     ``--help``, instead of Typer's framed panel, so CI logs stay greppable.
     """
     debug = os.environ.get("QCLI_DEBUG", "") not in ("", "0")
+    _warnings_to_stderr()
     from qcli.private import click_errors
 
     NoArgsIsHelpError, UsageError = click_errors()  # noqa: N806 (exception classes)
@@ -111,6 +112,19 @@ def run(argv: list[str] | None = None) -> int:
             f"qcli: internal error: {type(exc).__name__}: {first} (set QCLI_DEBUG=1 for the traceback)", file=sys.stderr
         )
         return EXIT_ERROR
+
+
+def _warnings_to_stderr() -> None:
+    """The library's warnings (logger ``qcli``) as ``qcli: warning: ...`` lines on stderr."""
+    import logging
+
+    logger = logging.getLogger("qcli")
+    if not logger.handlers:
+        handler = logging.StreamHandler()  # sys.stderr at the time of each message
+        handler.setFormatter(logging.Formatter("qcli: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 def main() -> None:

@@ -16,10 +16,12 @@ from qcli.cli.options import (
     ArchKwargsOpt,
     ArchOpt,
     ConfigOpt,
+    ForceOpt,
     ModelArg,
     OutputFormat,
     QuietOpt,
     ThreadsOpt,
+    TrustModelOpt,
 )
 from qcli.errors import QcliError
 from qcli.options import BenchOptions
@@ -135,6 +137,8 @@ def bench_command(
     arch_kwargs: ArchKwargsOpt = None,
     config: ConfigOpt = None,
     format: FormatOpt = OutputFormat.table,
+    force: ForceOpt = False,
+    trust_model: TrustModelOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure FP32 eager, FP32 compiled and INT8 interleaved in one process, and their accuracy.
@@ -144,6 +148,7 @@ def bench_command(
     from qcli.api import bench_model
 
     with flags_named(ctx):
+        check_outputs([output, report_html], [model, artifact, baseline], force)
         options = BenchOptions(
             batch_sizes=parse_batch_sizes(batch_sizes),
             threads=threads,
@@ -165,16 +170,40 @@ def bench_command(
                 calib_dir=calib_dir,
                 recipe=recipe_of(ctx),
                 options=options,
+                trust_model=trust_model,
                 track=render.tracker(quiet, "evaluating"),
             )
         )
     report.report_html = str(report_html) if report_html is not None else None
     for warning in report.warnings:
         print(f"qcli: warning: {warning}", file=sys.stderr)
-    write_outputs(report, report_html, output)
+    try:
+        write_outputs(report, report_html, output)
+    except QcliError as exc:
+        if gate_error is None:
+            raise
+        print(f"qcli: error: {exc}", file=sys.stderr)  # then the gate's own line and exit 3
     show(report, format, per_layer)
     if gate_error is not None:
         raise gate_error
+
+
+def check_outputs(outputs: list[Path | None], inputs: list[Path | None], force: bool) -> None:
+    """Before minutes of benchmarking: each report file is new (or ``--force``), writable, and
+    none of the files being read."""
+    from qcli.errors import OutputError
+    from qcli.files import check_output
+
+    read = {p.resolve() for p in inputs if p is not None}
+    for path in outputs:
+        if path is None:
+            continue
+        if path.resolve() in read:
+            raise OutputError(f"'{path}' is an input of this run; write the report to another file", path=path)
+        check_output(path, force)
+    given = [p.resolve() for p in outputs if p is not None]
+    if len(given) != len(set(given)):
+        raise OutputError("-o and --report name the same file; give each its own", path=outputs[0])
 
 
 def write_outputs(report: BenchReport, report_html: Path | None, output: Path | None) -> None:

@@ -24,6 +24,7 @@ from qcli.cli.options import (
     OutputFormat,
     QuietOpt,
     SeedOpt,
+    TrustModelOpt,
 )
 from qcli.options import CalibrationOptions
 
@@ -45,6 +46,7 @@ def calibrate_command(
     mode: ModeOpt = DEFAULT_MODE,
     force: ForceOpt = False,
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
+    trust_model: TrustModelOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run observers over CALIB_DIR and write per-tensor ranges and histograms to a safetensors file.
@@ -62,6 +64,7 @@ def calibrate_command(
             recipe=recipe_of(ctx),
             options=CalibrationOptions(limit, seed, batch_size, mode.value),
             force=force,
+            trust_model=trust_model,
             track=render.tracker(quiet, "calibrating"),
         )
     if format is OutputFormat.json:

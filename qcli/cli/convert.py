@@ -32,6 +32,7 @@ from qcli.cli.options import (
     QuietOpt,
     SeedOpt,
     ThreadsOpt,
+    TrustModelOpt,
 )
 from qcli.options import CalibrationOptions, ConvertOptions, SearchOptions
 
@@ -170,6 +171,7 @@ def convert_command(
     force: ForceOpt = False,
     save_config: SaveConfigOpt = None,
     format: FormatOpt = OutputFormat.table,
+    trust_model: TrustModelOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Quantize MODEL to INT8 (static by default) and write an artifact plain PyTorch can run.
@@ -203,6 +205,7 @@ def convert_command(
                 options=options,
                 force=force,
                 save_config=save_config,
+                trust_model=trust_model,
                 track=render.tracker(quiet, "calibrating"),
             )
         )

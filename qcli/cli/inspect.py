@@ -9,7 +9,7 @@ import typer
 
 from qcli.cli import render
 from qcli.cli.common import arch_spec, flags_named
-from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat
+from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat, TrustModelOpt
 
 
 def inspect_command(
@@ -32,6 +32,7 @@ def inspect_command(
             help="On an artifact: each layer's INT8 error against FP32, worst first, e.g. qcli inspect m-int8.pt2 --per-layer.",
         ),
     ] = False,
+    trust_model: TrustModelOpt = False,
 ) -> None:
     """Show a model's format, size, inputs and layers, or what an INT8 artifact quantized and how.
 
@@ -40,7 +41,7 @@ def inspect_command(
     from qcli.api import inspect_path
 
     with flags_named(ctx):
-        report = inspect_path(path, arch_spec(arch, arch_kwargs))
+        report = inspect_path(path, arch_spec(arch, arch_kwargs), trust_model)
     if format is OutputFormat.json:
         print(render.to_json(report))
         return

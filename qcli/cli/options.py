@@ -91,5 +91,13 @@ ModeOpt = Annotated[
     ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")]
+TrustModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model",
+        help="Load a file that would run code when loaded (a .pt2 whose pickles import more than tensors; "
+        "an --arch named only in an artifact's metadata). Only for files you made or trust.",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or hints on stderr.")]
