@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import __version__
 from qcli.calibrate import (
@@ -39,10 +39,17 @@ from qcli.reports import (
     CalibrateReport,
     ConvertReport,
     Gates,
+    InspectArtifactReport,
+    InspectModelReport,
     ModelInfo,
     StatsFile,
     WrittenFile,
 )
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule
+
 
 PathLike = str | os.PathLike[str]
 
@@ -116,7 +123,7 @@ class Calibrated:
 
     prepared: Prepared
     calibration: dict[str, Any]  # manifest of the samples (and the stats file, when one was used)
-    samples: tuple[Any, ...] | None  # kept calibration samples, for the per-layer report
+    samples: tuple[Tensor, ...] | None  # kept calibration samples, for the per-layer report
     config: dict[str, Any]  # effective configuration of the calibration
 
 
@@ -236,7 +243,7 @@ def _search(loaded: LoadedModel, source: Calibrated, options: ConvertOptions, re
     folder = SampleFolder.open(search_options.eval_dir, recipe.preprocess, what="evaluation folder")
     prepared = source.prepared
 
-    def evaluate_int8(converted: Any) -> Any:
+    def evaluate_int8(converted: GraphModule) -> Any:
         return evaluate(loaded.module, converted, folder, prepared.spec, limit=search_options.eval_limit)
 
     searcher = Searcher(loaded, prepared, source.samples, evaluate_int8, options.method, options.percentile)
@@ -510,12 +517,14 @@ def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchRepo
     report.gates.fail(baselines.failures(rows, options.latency_tolerance, options.accuracy_tolerance))
 
 
-def inspect_path(path: PathLike, arch: ArchSpec | None = None, trust_model: bool = False) -> dict[str, Any]:
+def inspect_path(
+    path: PathLike, arch: ArchSpec | None = None, trust_model: bool = False
+) -> InspectModelReport | InspectArtifactReport:
     """``qcli inspect``: a JSON-ready description of a model file or a qcli artifact.
 
     Example:
         >>> from qcli import demo
-        >>> inspect_path(demo.WEIGHTS, ArchSpec.parse(demo.ARCH))["quantizable_layers"]
+        >>> inspect_path(demo.WEIGHTS, ArchSpec.parse(demo.ARCH)).quantizable_layers
         10
     """
     from qcli.describe import describe

@@ -26,13 +26,18 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import __version__, engine, hardware, private
 from qcli import graph as graph_helpers
 from qcli.errors import ArtifactError
 from qcli.files import atomic_output, fix_serialization_id, require_file
 from qcli.load import AOTI_PACKAGE, EXPORTED_PROGRAM, QCLI_EXTRA, detect_format
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule
+
 
 ARTIFACT_FORMAT = "qcli-int8"
 ARTIFACT_VERSION = 1
@@ -58,7 +63,7 @@ def package_model_name(batch_size: int, first: bool) -> str:
 
 
 def write_package(
-    graph: Any, example: tuple[Any, ...], path: Path, metadata: dict[str, Any], batch_sizes: list[int]
+    graph: GraphModule, example: tuple[Tensor, ...], path: Path, metadata: dict[str, Any], batch_sizes: list[int]
 ) -> None:
     """AOT-compile ``graph`` once per batch size (frozen weights, no autograd) into one package.
 
@@ -211,7 +216,7 @@ class Artifact:
             return out[0]
         return out
 
-    def prepare_inputs(self, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    def prepare_inputs(self, inputs: tuple[Tensor, ...]) -> tuple[Any, ...]:
         """Each input as a contiguous CPU tensor of the dtype the artifact records."""
         import torch
 
@@ -241,7 +246,7 @@ class Artifact:
             ready.append(tensor.contiguous())
         return tuple(ready)
 
-    def check_inputs(self, inputs: tuple[Any, ...]) -> None:
+    def check_inputs(self, inputs: tuple[Tensor, ...]) -> None:
         """Refuse inputs of a shape the artifact was not made for, naming what it takes. A ``seq``
         dimension takes the lengths seen in calibration (``calibration.sequence_lengths``); a
         package records the one length it was compiled for."""
@@ -478,9 +483,9 @@ class CompiledCache:
         self.path, self.metadata, self.folder = path, metadata, folder
         self.artifact_sha256 = sha256_file(path)
         self.runners: dict[Any, Any] = {}
-        self.module: Any = None
+        self.module: GraphModule | None = None
 
-    def package_path(self, inputs: tuple[Any, ...]) -> Path:
+    def package_path(self, inputs: tuple[Tensor, ...]) -> Path:
         import hashlib
 
         import torch
@@ -523,7 +528,7 @@ class CompiledCache:
                 path=self.path,
             )
 
-    def load_or_compile(self, inputs: tuple[Any, ...]) -> Any:
+    def load_or_compile(self, inputs: tuple[Tensor, ...]) -> Any:
         self.check_folder()
         package = self.package_path(inputs)
         runner = self.load(package)
@@ -555,7 +560,7 @@ class CompiledCache:
             package.unlink(missing_ok=True)
             return None
 
-    def compile(self, package: Path, inputs: tuple[Any, ...]) -> None:
+    def compile(self, package: Path, inputs: tuple[Tensor, ...]) -> None:
         if self.module is None:
             self.module = load_program_module(self.path)
         metadata = {k: v for k, v in self.metadata.items() if k != "form"}

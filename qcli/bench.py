@@ -19,6 +19,11 @@ from qcli.config import PreprocessConfig
 from qcli.data import InputSpec
 from qcli.errors import DataError, OptionError, QcliError
 
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.nn import Module
+
+
 if TYPE_CHECKING:
     from qcli.evaluate import Accuracy
     from qcli.reports import Environment
@@ -61,7 +66,7 @@ class BatchTiming:
 
 def time_interleaved(
     runners: dict[str, Callable[..., Any]],
-    inputs: tuple[Any, ...],
+    inputs: tuple[Tensor, ...],
     *,
     warmup: int = 3,
     runs: int = 20,
@@ -94,7 +99,7 @@ def time_interleaved(
 
 
 def compile_fp32_package(
-    module: Any, example: tuple[Any, ...], spec: InputSpec, batch_sizes: list[int], workdir: Path
+    module: Module, example: tuple[Tensor, ...], spec: InputSpec, batch_sizes: list[int], workdir: Path
 ) -> tuple[Callable[..., Any], int]:
     """The FP32 model compiled exactly like the INT8 artifact (export, AOTInductor package with
     frozen weights under no_grad, one model per batch size); returns its runner and file size."""
@@ -126,7 +131,7 @@ def thread_warning(meta: dict[str, Any], threads: int) -> str | None:
     )
 
 
-def make_inputs(example: tuple[Any, ...], batch_size: int) -> tuple[Any, ...]:
+def make_inputs(example: tuple[Tensor, ...], batch_size: int) -> tuple[Any, ...]:
     """Inputs of ``batch_size`` rows cycled from the example rows (real samples when available)."""
     idx = [i % example[0].shape[0] for i in range(batch_size)]
     return tuple(t[idx].contiguous() for t in example)
@@ -134,7 +139,7 @@ def make_inputs(example: tuple[Any, ...], batch_size: int) -> tuple[Any, ...]:
 
 def benchmark(
     runners: dict[str, Callable[..., Any]],
-    example: tuple[Any, ...],
+    example: tuple[Tensor, ...],
     batch_sizes: list[int],
     *,
     warmup: int = 3,

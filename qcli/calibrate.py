@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import __version__, engine, graph
 from qcli.data import Batch, InputSpec, SampleFolder
@@ -20,6 +20,15 @@ from qcli.errors import DataError, StatsError
 from qcli.files import atomic_output, save_safetensors
 from qcli.load import LoadedModel
 from qcli.options import CalibrationOptions
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule
+
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    pass
+
 
 STATS_FORMAT = "qcli-stats"
 STATS_VERSION = 1
@@ -29,8 +38,8 @@ STATS_VERSION = 1
 class Prepared:
     """An exported model with observers, and the example inputs it was traced with."""
 
-    graph: Any  # torch.fx.GraphModule
-    example: tuple[Any, ...]
+    graph: GraphModule  # torch.fx.GraphModule
+    example: tuple[Tensor, ...]
     spec: InputSpec
     mode: str
     weights: str = "per-channel"
@@ -59,7 +68,7 @@ def example_from(batch: Batch, spec: InputSpec) -> tuple[Any, ...]:
 
 def prepare(
     loaded: LoadedModel,
-    example: tuple[Any, ...],
+    example: tuple[Tensor, ...],
     spec: InputSpec,
     mode: str = "static",
     exclude: tuple[str, ...] = (),
@@ -115,7 +124,7 @@ def observer_kinds(prepared: Prepared) -> dict[str, str]:
 
 
 def save_stats(
-    path: Path, prepared: Prepared, metadata: dict[str, Any], samples: tuple[Any, ...] | None = None
+    path: Path, prepared: Prepared, metadata: dict[str, Any], samples: tuple[Tensor, ...] | None = None
 ) -> None:
     """Write the statistics atomically with JSON metadata (model hash, files, config, input spec),
     and up to REPORT_SAMPLES calibration samples for the per-layer report."""
@@ -271,7 +280,7 @@ class Calibration:
 
     prepared: Prepared
     manifest: dict[str, Any]
-    samples: tuple[Any, ...] | None = None
+    samples: tuple[Tensor, ...] | None = None
 
 
 REPORT_SAMPLES = 32  # calibration samples kept for the per-layer report
@@ -279,7 +288,7 @@ REPORT_SAMPLES_MAX_BYTES = 16 << 20
 SAMPLE_PREFIX = "qcli.sample."
 
 
-def keep_samples(kept: list[tuple[Any, ...]], args: tuple[Any, ...]) -> None:
+def keep_samples(kept: list[tuple[Any, ...]], args: tuple[Tensor, ...]) -> None:
     """Append a batch's rows to ``kept`` until REPORT_SAMPLES rows (and at most 16 MiB) are kept."""
     if kept and any(k.shape[1:] != a.shape[1:] for k, a in zip(kept[0], args, strict=True)):
         return  # another sequence length: the kept samples stack into one batch

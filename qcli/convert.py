@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import engine, graph, hardware, private, ranges
 from qcli import layers as layer_report
@@ -17,6 +17,11 @@ from qcli.calibrate import Prepared
 from qcli.errors import OptionError, UnsupportedModel
 from qcli.load import LoadedModel
 from qcli.options import AUTO_METHOD, DEFAULT_METHOD, RANGE_METHODS, ConvertOptions
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule, Node
+    from torch.nn import Module
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class LayerQuant:
 
 
 def apply_method(
-    prepared: Prepared, method: str, percentile: float = 99.99, samples: tuple[Any, ...] | None = None
+    prepared: Prepared, method: str, percentile: float = 99.99, samples: tuple[Tensor, ...] | None = None
 ) -> dict[str, tuple[float, float]]:
     """Fix every activation observer's range by ``method`` (see ``qcli.ranges``) from the
     histogram it collected; returns observer name → chosen range. ``histogram`` keeps torch's;
@@ -71,7 +76,7 @@ def apply_method(
 
 
 def auto_methods(
-    prepared: Prepared, candidates: dict[str, dict[str, tuple[float, float]]], samples: tuple[Any, ...]
+    prepared: Prepared, candidates: dict[str, dict[str, tuple[float, float]]], samples: tuple[Tensor, ...]
 ) -> dict[str, str]:
     """For each observed tensor, the range method whose fake-quantized tensor (all else FP32) gives
     the next conv/linear layers' outputs the least squared error against FP32 on ``samples``."""
@@ -80,7 +85,7 @@ def auto_methods(
     reference = layer_report.fp32_reference(prepared.graph)
     nodes = {str(n.target): n for n in reference.graph.nodes if n.op == "call_module" and str(n.target) in candidates}
 
-    def consumers(node: Any) -> list[Any]:
+    def consumers(node: Node) -> list[Any]:
         found, todo, seen = [], list(node.users), set()
         while todo:
             n = todo.pop()
@@ -125,7 +130,7 @@ def auto_methods(
     return picks
 
 
-def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def resolve_excludes(module: Module, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Module names (as ``inspect`` lists them) matched by the ``--exclude`` globs, in model order.
 
     A pattern that matches no module is an error that lists the quantizable layers, so a typo
@@ -146,7 +151,10 @@ def resolve_excludes(module: Any, patterns: tuple[str, ...] | list[str]) -> tupl
 
 
 def quantize(
-    prepared: Prepared, method: str = DEFAULT_METHOD, percentile: float = 99.99, samples: tuple[Any, ...] | None = None
+    prepared: Prepared,
+    method: str = DEFAULT_METHOD,
+    percentile: float = 99.99,
+    samples: tuple[Tensor, ...] | None = None,
 ) -> Any:
     """The INT8 graph: PT2E conversion of the observed graph (static), or linear layers rewritten
     to INT8 kernels in plain torch ops (dynamic, weight-only; ``qcli.dynamic``)."""
@@ -162,7 +170,7 @@ def quantize(
     return engine.convert_pt2e(prepared.graph)
 
 
-def layer_table(converted: Any) -> list[LayerQuant]:
+def layer_table(converted: GraphModule) -> list[LayerQuant]:
     """One entry per convolution/linear op of the converted graph, quantized or not."""
     from qcli import dynamic
 
@@ -181,19 +189,21 @@ def layer_table(converted: Any) -> list[LayerQuant]:
     return layers
 
 
-def _rewritten_layer(converted: Any, node: Any) -> LayerQuant:
+def _rewritten_layer(converted: GraphModule, node: Node) -> LayerQuant:
     """A linear layer of the dynamic/weight-only rewrite: INT8 weights, scales in ``args[2]``."""
-    w_scale = graph.get_attr(converted, str(node.args[2].target))
+    scales: Any = node.args[2]  # FX arguments are dynamically typed: the get_attr node of the scales
+    w_scale = graph.get_attr(converted, str(scales.target))
     return LayerQuant(
         graph.module_name(node), "Linear", True, "int8", float(w_scale.min()), float(w_scale.max()), None, None
     )
 
 
-def _pt2e_layer(converted: Any, node: Any) -> LayerQuant:
+def _pt2e_layer(converted: GraphModule, node: Node) -> LayerQuant:
     """A conv/linear of a PT2E graph: quantized when its weight comes through a dequantize step."""
     import torch
 
-    x, w = node.args[0], node.args[1]
+    args: Any = node.args  # FX arguments are dynamically typed: here the input and weight nodes
+    x, w = args[0], args[1]
     wq = w if graph.dequantize_kind(w) is not None else None
     scale: Any = None
     if wq is not None:
@@ -217,7 +227,7 @@ def _pt2e_layer(converted: Any, node: Any) -> LayerQuant:
     )
 
 
-def finalize(converted: Any) -> Any:
+def finalize(converted: GraphModule) -> Any:
     """The converted graph made ready to save: FP32 leftovers pruned, inputs protected."""
     converted.graph.eliminate_dead_code()
     graph.prune_unused(converted)
@@ -265,7 +275,7 @@ class Provenance:
 class Quantized:
     """The INT8 graph and what was measured on it before it was finalized."""
 
-    graph: Any
+    graph: GraphModule
     layers: list[LayerQuant]
     per_layer: list[dict[str, Any]] | None
     bias_correction: list[dict[str, Any]] | None
@@ -276,7 +286,7 @@ def program_path(out: Path) -> Path:
     return out.with_name(out.stem + ".program" + (out.suffix or ".pt2"))
 
 
-def quantize_and_measure(prepared: Prepared, options: ConvertOptions, samples: tuple[Any, ...] | None) -> Quantized:
+def quantize_and_measure(prepared: Prepared, options: ConvertOptions, samples: tuple[Tensor, ...] | None) -> Quantized:
     """Convert, list the layers, apply bias correction and measure the per-layer errors on ``samples``."""
     if options.bias_correction and (samples is None or prepared.mode != "static"):
         raise OptionError(
@@ -300,7 +310,7 @@ def convert_model(
     out: Path,
     options: ConvertOptions,
     provenance: Provenance,
-    samples: tuple[Any, ...] | None = None,
+    samples: tuple[Tensor, ...] | None = None,
 ) -> Conversion:
     """Convert an observed (or stats-loaded) graph and write the artifact form(s) atomically.
 
@@ -361,7 +371,7 @@ def artifact_metadata(
 
 
 def write_forms(
-    final: Any, program: Any, example: tuple[Any, ...], out: Path, options: ConvertOptions, metadata: dict[str, Any]
+    final: Any, program: Any, example: tuple[Tensor, ...], out: Path, options: ConvertOptions, metadata: dict[str, Any]
 ) -> dict[str, str]:
     """Write the package and/or the program (``options.form``); returns form → path.
 

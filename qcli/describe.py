@@ -7,112 +7,121 @@ from typing import Any
 
 from qcli import hardware
 from qcli.artifact import read_metadata
+from qcli.convert import LayerQuant
 from qcli.data import infer_input_spec
 from qcli.files import sha256_file
-from qcli.load import AOTI_PACKAGE, TORCHSCRIPT, ArchSpec, detect_format, is_qcli_artifact, load_model
+from qcli.load import AOTI_PACKAGE, TORCHSCRIPT, ArchSpec, LoadedModel, detect_format, is_qcli_artifact, load_model
+from qcli.reports import CpuInfo, InspectArtifactReport, InspectModelReport, ModelInput, ModelLayer
 
-SCHEMA_VERSION = 1
 QUANTIZED_TYPES = {"static": ("Conv1d", "Conv2d", "Conv3d", "Linear"), "dynamic": ("Linear",)}
 
 
-def describe(path: Path, arch: ArchSpec | None = None, trust_model: bool = False) -> dict[str, Any]:
-    """A JSON-ready description of a model file or a qcli artifact."""
+def describe(
+    path: Path, arch: ArchSpec | None = None, trust_model: bool = False
+) -> InspectModelReport | InspectArtifactReport:
+    """What a model file or a qcli artifact holds."""
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or is_qcli_artifact(path):
         return describe_artifact(path)
     return describe_model(path, arch, trust_model)
 
 
-def describe_model(path: Path, arch: ArchSpec | None, trust_model: bool = False) -> dict[str, Any]:
+def describe_model(path: Path, arch: ArchSpec | None, trust_model: bool = False) -> InspectModelReport:
     loaded = load_model(path, arch, trust_model)
     spec = infer_input_spec(loaded.module)
-    notes = []
-    quantizable = True
-    if loaded.format == TORCHSCRIPT:
-        from qcli.torchscript import WHAT_TO_DO, problems
-
-        found = problems(loaded.module)
-        quantizable = not found
-        notes.append(
-            "TorchScript that qcli can quantize: it is converted to a graph (TS2EPConverter) whose "
-            "convolutions, batch norms and linears become modules again, then quantized like a state dict"
-            if quantizable
-            else f"this TorchScript cannot be quantized: {'; '.join(found)}; {WHAT_TO_DO}"
-        )
-    layers = []
-    for name, module in loaded.module.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        if not own:
-            continue
-        kind = getattr(module, "original_name", type(module).__name__)
-        weight = dict(own).get("weight")
-        folded = kind.startswith("BatchNorm")  # folded into the preceding convolution when quantizing
-        layers.append(
-            {
-                "name": name,
-                "type": kind,
-                "folded": folded,
-                "weight_shape": list(weight.shape) if weight is not None else None,
-                "parameters": sum(p.numel() for _, p in own),
-                "quantized_static": kind in QUANTIZED_TYPES["static"] and quantizable,
-                "quantized_dynamic": kind in QUANTIZED_TYPES["dynamic"] and quantizable,
-            }
-        )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": "inspect",
-        "kind": "model",
-        "path": str(path),
-        "format": loaded.format,
-        "size_bytes": loaded.size_bytes,
-        "sha256": loaded.sha256,
-        "parameters": loaded.num_parameters,
-        "inputs": [
-            {"name": n, "rank": r, **({"channels": spec.channels} if i == 0 and spec.channels else {})}
+    notes, quantizable = _torchscript_notes(loaded)
+    layers = _layers(loaded.module, quantizable)
+    return InspectModelReport(
+        path=str(path),
+        format=loaded.format,
+        size_bytes=loaded.size_bytes,
+        sha256=loaded.sha256,
+        parameters=loaded.num_parameters,
+        inputs=[
+            ModelInput(n, r, spec.channels if i == 0 and spec.channels else None)
             for i, (n, r) in enumerate(zip(spec.names, spec.ranks, strict=True))
         ],
-        "layers": layers,
-        "quantizable_layers": sum(1 for la in layers if la["quantized_static"]),
-        "quantizable": quantizable,
-        "notes": notes,
-        "cpu": hardware.explain(),
-    }
+        layers=layers,
+        quantizable_layers=sum(1 for la in layers if la.quantized_static),
+        quantizable=quantizable,
+        notes=notes,
+        cpu=cpu_info(),
+    )
 
 
-def describe_artifact(path: Path) -> dict[str, Any]:
+def _torchscript_notes(loaded: LoadedModel) -> tuple[list[str], bool]:
+    """Notes for a TorchScript archive, and whether it can become one static graph."""
+    if loaded.format != TORCHSCRIPT:
+        return [], True
+    from qcli.torchscript import WHAT_TO_DO, problems
+
+    found = problems(loaded.module)
+    if found:
+        return [f"this TorchScript cannot be quantized: {'; '.join(found)}; {WHAT_TO_DO}"], False
+    return [
+        "TorchScript that qcli can quantize: it is converted to a graph (TS2EPConverter) whose "
+        "convolutions, batch norms and linears become modules again, then quantized like a state dict"
+    ], True
+
+
+def _layers(module: Any, quantizable: bool) -> list[ModelLayer]:
+    """Each module that holds parameters of its own, and what each mode does with it."""
+    layers = []
+    for name, child in module.named_modules():
+        own = list(child.named_parameters(recurse=False))
+        if not own:
+            continue
+        kind = getattr(child, "original_name", type(child).__name__)
+        weight = dict(own).get("weight")
+        layers.append(
+            ModelLayer(
+                name=name,
+                type=kind,
+                folded=kind.startswith("BatchNorm"),  # folded into the preceding convolution when quantizing
+                weight_shape=list(weight.shape) if weight is not None else None,
+                parameters=sum(p.numel() for _, p in own),
+                quantized_static=kind in QUANTIZED_TYPES["static"] and quantizable,
+                quantized_dynamic=kind in QUANTIZED_TYPES["dynamic"] and quantizable,
+            )
+        )
+    return layers
+
+
+def cpu_info() -> CpuInfo:
+    return CpuInfo(**hardware.explain())
+
+
+def describe_artifact(path: Path) -> InspectArtifactReport:
     meta = read_metadata(path)
-    layers = meta.get("layers", [])
+    layers = [LayerQuant(**{k: la.get(k) for k in LayerQuant.__dataclass_fields__}) for la in meta.get("layers", [])]
     calibration = meta.get("calibration") or {}
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": "inspect",
-        "kind": "artifact",
-        "path": str(path),
-        "format": meta["format"],
-        "format_version": meta["format_version"],
-        "form": meta["form"],
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-        "graph_sha256": meta.get("graph_sha256"),
-        "mode": meta.get("mode"),
-        "method": meta.get("method"),
-        "written_by": {k: meta.get(k) for k in ("qcli_version", "torch_version", "torchao_version")},
-        "source": meta.get("source"),
-        "inputs": meta.get("inputs"),
-        "outputs": meta.get("outputs"),
-        "config": meta.get("config"),
-        "calibration": {
+    return InspectArtifactReport(
+        path=str(path),
+        format=meta["format"],
+        format_version=meta["format_version"],
+        form=meta["form"],
+        size_bytes=path.stat().st_size,
+        sha256=sha256_file(path),
+        graph_sha256=meta.get("graph_sha256"),
+        mode=meta.get("mode"),
+        method=meta.get("method"),
+        written_by={k: meta.get(k) for k in ("qcli_version", "torch_version", "torchao_version")},
+        source=meta.get("source"),
+        inputs=meta.get("inputs"),
+        outputs=meta.get("outputs"),
+        config=meta.get("config"),
+        calibration={
             "samples": calibration.get("samples"),
             "files": calibration.get("count"),
             "root": calibration.get("root"),
             "stats_sha256": calibration.get("stats_sha256"),
         },
-        "compiled_for": {"cpu_capability": meta.get("cpu_capability"), "isa": meta.get("compiled_isa")}
+        compiled_for={"cpu_capability": meta.get("cpu_capability"), "isa": meta.get("compiled_isa")}
         if meta["form"] == "package"
         else None,
-        "layers": layers,
-        "quantized_layers": sum(1 for la in layers if la.get("quantized")),
-        "per_layer": meta.get("per_layer"),
-        "suggested_exclude": meta.get("suggested_exclude") or [],
-        "cpu": hardware.explain(),
-    }
+        layers=layers,
+        quantized_layers=sum(1 for la in layers if la.quantized),
+        per_layer=meta.get("per_layer"),
+        suggested_exclude=meta.get("suggested_exclude") or [],
+        cpu=cpu_info(),
+    )

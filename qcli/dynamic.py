@@ -17,16 +17,21 @@ integer inputs are untouched: only linear layers change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import graph as graph_helpers
 from qcli import hardware, private
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule, Node
+
 
 QMAX = 127  # symmetric INT8: -127..127, so a scale maps +max and -max alike
 REDUCED_QMAX = 63  # 7-bit weights, on CPUs without INT8 dot products (hardware.reduced_range)
 
 
-def weight_int8(weight: Any, qmax: int = QMAX) -> tuple[Any, Any]:
+def weight_int8(weight: Tensor, qmax: int = QMAX) -> tuple[Any, Any]:
     """Per-output-channel symmetric INT8 of a ``[out, in]`` weight: ``(int8 weight, scales [out])``.
 
     ``scale = max|w_row| / qmax``; an all-zero row gets the smallest positive scale (its INT8 row
@@ -40,7 +45,7 @@ def weight_int8(weight: Any, qmax: int = QMAX) -> tuple[Any, Any]:
     return q, scale
 
 
-def int8_dynamic_linear(x: Any, weight_t: Any, w_scale: Any, bias: Any) -> Any:
+def int8_dynamic_linear(x: Tensor, weight_t: Tensor, w_scale: Tensor, bias: Any) -> Any:
     """``x @ W.T + b`` with ``x`` quantized per token on the fly: ``weight_t`` is the INT8 ``[in, out]``
     weight, ``w_scale`` its per-output scales. A token of zeros gets a tiny scale and stays zero."""
     import torch
@@ -54,7 +59,7 @@ def int8_dynamic_linear(x: Any, weight_t: Any, w_scale: Any, bias: Any) -> Any:
     return y if bias is None else y + bias
 
 
-def int8_weight_only_linear(x: Any, weight: Any, w_scale: Any, bias: Any) -> Any:
+def int8_weight_only_linear(x: Tensor, weight: Tensor, w_scale: Tensor, bias: Any) -> Any:
     """``x @ W.T + b`` with ``W = weight * w_scale`` stored as INT8 ``[out, in]``."""
     import torch
 
@@ -65,11 +70,11 @@ def int8_weight_only_linear(x: Any, weight: Any, w_scale: Any, bias: Any) -> Any
 KERNELS: dict[str, Callable[..., Any]] = {"dynamic": int8_dynamic_linear, "weight-only": int8_weight_only_linear}
 
 
-def is_rewritten(node: Any) -> bool:
+def is_rewritten(node: Node) -> bool:
     return node.op == "call_function" and node.target in KERNELS.values()
 
 
-def rewrite(gm: Any, mode: str, excluded: tuple[str, ...]) -> Any:
+def rewrite(gm: GraphModule, mode: str, excluded: tuple[str, ...]) -> Any:
     """Replace the graph's linear layers (weights held by the graph, not computed) in place and
     return ``gm``. Layers whose module path is in ``excluded`` or lies inside one of them stay FP32."""
     kernel = KERNELS[mode]

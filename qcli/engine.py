@@ -10,11 +10,17 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import graph as graph_helpers
 from qcli import hardware
 from qcli.errors import UnsupportedModel
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule
+    from torch.nn import Module
+
 
 _NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._inductor", "torch._dynamo", "torch.export", "torch._export")
 
@@ -44,7 +50,7 @@ def torchao_version() -> str | None:
         return None
 
 
-def export(module: Any, example_args: tuple[Any, ...], names: tuple[str, ...], sequence: bool = False) -> Any:
+def export(module: Module, example_args: tuple[Tensor, ...], names: tuple[str, ...], sequence: bool = False) -> Any:
     """``torch.export`` with the batch dimension of every input dynamic (1 to 4096).
 
     With ``sequence`` (models without a convolution in front: token ids, masks, feature
@@ -69,7 +75,7 @@ def export(module: Any, example_args: tuple[Any, ...], names: tuple[str, ...], s
             ) from exc
 
 
-def first_row_repeated(tensors: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
+def first_row_repeated(tensors: tuple[Tensor, ...], batch: int) -> tuple[Any, ...]:
     """Each tensor's first row repeated ``batch`` times: example inputs of a chosen batch size."""
     return tuple(t[:1].repeat(batch, *([1] * (t.ndim - 1))) for t in tensors)
 
@@ -110,7 +116,7 @@ def quantizer(exclude: tuple[str, ...] = (), weights: str = "per-channel") -> An
     return q
 
 
-def prepare_pt2e(graph: Any, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
+def prepare_pt2e(graph: GraphModule, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
     """Insert static-INT8 observers (see ``quantizer``)."""
     graph_helpers.split_reused_modules(graph)
     with quiet():

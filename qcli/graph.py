@@ -9,9 +9,13 @@ the op), never by the text of their names.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import private
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch.export import ExportedProgram
+    from torch.fx import GraphModule, Node
 
 # the layers qcli quantizes: aten op name -> the nn.Module type users know it by
 LAYER_TYPES = {"conv1d": "Conv1d", "conv2d": "Conv2d", "conv3d": "Conv3d", "linear": "Linear"}
@@ -46,23 +50,23 @@ def _dequantize_ops() -> dict[Any, str]:
     return found
 
 
-def layer_type(node: Any) -> str | None:
+def layer_type(node: Node) -> str | None:
     """``Conv2d``, ``Linear``, ... when ``node`` calls a layer op qcli quantizes; else None."""
     return _layer_ops().get(node.target) if node.op == "call_function" else None
 
 
-def is_linear(node: Any) -> bool:
+def is_linear(node: Node) -> bool:
     return layer_type(node) == "Linear"
 
 
-def dequantize_kind(node: Any) -> str | None:
+def dequantize_kind(node: Node) -> str | None:
     """``per_tensor`` / ``per_channel`` when ``node`` dequantizes INT8 values; else None."""
     return (
         _dequantize_ops().get(getattr(node, "target", None)) if getattr(node, "op", None) == "call_function" else None
     )
 
 
-def module_name(node: Any) -> str:
+def module_name(node: Node) -> str:
     """The module path a graph node came from (``layer1.conv1.0``), or the node name."""
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
@@ -71,7 +75,7 @@ def module_name(node: Any) -> str:
     return str(node.name)
 
 
-def layer_nodes(gm: Any) -> dict[LayerKey, Any]:
+def layer_nodes(gm: GraphModule) -> dict[LayerKey, Any]:
     """(module path, call index) -> conv/linear node, in graph order."""
     found: dict[LayerKey, Any] = {}
     seen: dict[str, int] = {}
@@ -89,12 +93,12 @@ def _is_observer(module: Any) -> bool:
     return isinstance(module, ObserverBase)
 
 
-def observer_nodes(gm: Any) -> list[Any]:
+def observer_nodes(gm: GraphModule) -> list[Any]:
     """The ``call_module`` nodes of the observers PT2E inserted, in graph order."""
     return [n for n in gm.graph.nodes if n.op == "call_module" and _is_observer(gm.get_submodule(n.target))]
 
 
-def observers(gm: Any) -> dict[str, Any]:
+def observers(gm: GraphModule) -> dict[str, Any]:
     """The observer modules PT2E inserted, by name, in graph order."""
     return {str(n.target): gm.get_submodule(n.target) for n in observer_nodes(gm)}
 
@@ -107,7 +111,7 @@ def get_attr(module: Any, target: str) -> Any:
     return obj
 
 
-def split_reused_modules(gm: Any) -> None:
+def split_reused_modules(gm: GraphModule) -> None:
     """Give each call of a reused module (one ``nn.ReLU`` applied twice, as in ResNet) its own name.
 
     The X86 quantizer groups graph nodes into partitions by the module they came from; two calls of
@@ -140,14 +144,14 @@ def split_reused_modules(gm: Any) -> None:
                 n.meta["nn_module_stack"] = stack
 
 
-def _root(parent: dict[Any, Any], node: Any) -> Any:
+def _root(parent: dict[Any, Any], node: Node) -> Any:
     """Union-find root of ``node``."""
     while parent[node] is not node:
         node = parent[node]
     return node
 
 
-def prune_unused(gm: Any) -> None:
+def prune_unused(gm: GraphModule) -> None:
     """Delete parameters and buffers no graph node reads (the FP32 weights convert_pt2e leaves)."""
     used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
@@ -158,7 +162,7 @@ def prune_unused(gm: Any) -> None:
         delattr(owner, attr)
 
 
-def protect_inputs(gm: Any) -> None:
+def protect_inputs(gm: GraphModule) -> None:
     """Clone every tensor input first, so no fused in-place op can write into a caller's tensor.
 
     A compiled INT8 model was seen to fuse a residual add in place into a graph input (oneDNN
@@ -174,7 +178,7 @@ def protect_inputs(gm: Any) -> None:
     gm.recompile()
 
 
-def drop_provenance(program: Any) -> None:
+def drop_provenance(program: ExportedProgram) -> None:
     """Remove ``from_node`` provenance from an exported program's nodes before saving it: it
     records ``id()`` of intermediate graphs (memory addresses), so every run would save different
     bytes. It is debugging information only; the graph and its other metadata are untouched."""
@@ -184,24 +188,26 @@ def drop_provenance(program: Any) -> None:
             node.meta.pop("from_node", None)
 
 
-def strip_shape_asserts(gm: Any) -> None:
+def strip_shape_asserts(gm: GraphModule) -> None:
     """Drop ``aten._assert_tensor_metadata`` checks that ``torch.export`` puts after dtype casts.
 
     They are a second user of the ``_int_mm`` result, which stops Inductor from matching the
     INT8 linear pattern (``_int_mm`` stays a plain extern call: 1.3x instead of 1.8x on a 6-layer
     encoder). They check nothing the graph does not already guarantee.
     """
+    import torch
+
     target = private.assert_tensor_metadata_op()
     for module in gm.modules():
-        graph = getattr(module, "graph", None)
-        if graph is None:
+        if not isinstance(module, torch.fx.GraphModule):
             continue
+        graph = module.graph
         for node in [n for n in graph.nodes if n.op == "call_function" and n.target is target]:
             graph.erase_node(node)
         module.recompile()
 
 
-def digest(program: Any) -> str:
+def digest(program: ExportedProgram) -> str:
     """SHA-256 of an exported program's code and of every weight and constant, in name order:
     identifies the INT8 model itself, whatever bytes a compiler wraps around it."""
     import hashlib

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import engine, graph, metrics
 from qcli.graph import LayerKey
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule
+
 
 SUGGEST_BELOW_DB = 20.0  # layers under this output SQNR are named as --exclude candidates
 SUGGEST_AT_MOST = 3
 
 
-def fp32_reference(prepared_graph: Any) -> Any:
+def fp32_reference(prepared_graph: GraphModule) -> Any:
     """A copy of the observed graph with every observer replaced by identity: plain FP32."""
     import torch
 
@@ -36,7 +41,7 @@ def fp32_reference(prepared_graph: Any) -> Any:
     return copied
 
 
-def _record(gm: Any, args: tuple[Any, ...], nodes: dict[LayerKey, Any]) -> dict[LayerKey, tuple[Any, Any]]:
+def _record(gm: GraphModule, args: tuple[Tensor, ...], nodes: dict[LayerKey, Any]) -> dict[LayerKey, tuple[Any, Any]]:
     """Run ``gm`` on ``args``; return each layer's (weight value, output value)."""
     import torch
 
@@ -59,7 +64,7 @@ def _record(gm: Any, args: tuple[Any, ...], nodes: dict[LayerKey, Any]) -> dict[
 
 
 def per_layer_errors(
-    fp32_graph: Any, int8_graph: Any, batches: list[tuple[Any, ...]], layer_info: list[Any]
+    fp32_graph: GraphModule, int8_graph: GraphModule, batches: list[tuple[Any, ...]], layer_info: list[Any]
 ) -> list[dict[str, Any]]:
     """The report, worst layer first (quantized layers only)."""
     fp_nodes, q_nodes = graph.layer_nodes(fp32_graph), graph.layer_nodes(int8_graph)
@@ -109,7 +114,7 @@ def suggestions(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["name"].split("#")[0] for r in worst))[:SUGGEST_AT_MOST]
 
 
-def bias_correct(fp32_graph: Any, int8_graph: Any, samples: tuple[Any, ...]) -> list[dict[str, Any]]:
+def bias_correct(fp32_graph: GraphModule, int8_graph: GraphModule, samples: tuple[Tensor, ...]) -> list[dict[str, Any]]:
     """Bias correction: for each quantized layer in graph order, add the mean (per output channel)
     of FP32 output minus INT8 output on the samples to the layer's bias, so the INT8 layer is not
     systematically off. Layers are corrected one after the other (each sees the earlier fixes).

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
 
 
 def sqnr_db(signal_power: float, noise_power: float) -> float:
@@ -20,13 +23,13 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
     return 10.0 * math.log10(signal_power / noise_power)
 
 
-def power_sums(ref: Any, test: Any) -> tuple[float, float]:
+def power_sums(ref: Tensor, test: Tensor) -> tuple[float, float]:
     """(sum of ref², sum of (ref - test)²) in float64, for ``sqnr_db``."""
     ref64, test64 = ref.double(), test.double()
     return float((ref64 * ref64).sum()), float(((ref64 - test64) ** 2).sum())
 
 
-def cosine_per_sample(ref: Any, test: Any) -> Any:
+def cosine_per_sample(ref: Tensor, test: Tensor) -> Any:
     """Cosine similarity of each sample's flattened outputs (a tensor of length batch).
 
     Two all-zero vectors are identical (1.0); one all-zero vector against a non-zero one is 0.0.
@@ -41,14 +44,14 @@ def cosine_per_sample(ref: Any, test: Any) -> Any:
     return torch.where(both_zero, torch.ones_like(cos), torch.where((na == 0) | (nb == 0), torch.zeros_like(cos), cos))
 
 
-def topk_hits(logits: Any, labels: Any, k: int) -> int:
+def topk_hits(logits: Tensor, labels: Tensor, k: int) -> int:
     """How many rows have their label among the ``k`` largest logits (k is capped at the class count)."""
     k = min(k, logits.shape[-1])
     top = logits.topk(k, dim=-1).indices
     return int((top == labels.unsqueeze(-1)).any(dim=-1).sum())
 
 
-def top1_agreement_hits(ref: Any, test: Any) -> int:
+def top1_agreement_hits(ref: Tensor, test: Tensor) -> int:
     """How many rows have the same arg-max in both outputs (ties go to the lowest index in both)."""
     return int((ref.argmax(dim=-1) == test.argmax(dim=-1)).sum())
 

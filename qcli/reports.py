@@ -102,9 +102,13 @@ class Report:
     """Base of the command reports: ``schema_version`` and ``command`` lead every document."""
 
     command: ClassVar[str]
+    kind: ClassVar[str | None] = None  # inspect: "model" or "artifact"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "command": self.command, **plain_fields(self)}
+        head: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "command": self.command}
+        if self.kind is not None:
+            head["kind"] = self.kind
+        return {**head, **plain_fields(self)}
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -217,3 +221,80 @@ class BenchReport(Report):
     warnings: list[str] = field(default_factory=list)
     baseline: BaselineReport | None = None
     report_html: str | None = None
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What this CPU offers INT8 (``qcli.hardware.explain``)."""
+
+    capability: str
+    features: list[str]
+    avx2: bool
+    avx512: bool
+    vnni: bool
+    amx: bool
+    int8_dot_product: list[str]
+    quantized_engine: str
+    warning: str | None
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    rank: int | None  # None: not known from the model (no convolution in front)
+    channels: int | None = None  # the first convolution's input channels
+
+
+@dataclass(frozen=True)
+class ModelLayer:
+    name: str
+    type: str
+    folded: bool  # a batch norm, folded into the convolution before it when quantizing
+    weight_shape: list[int] | None
+    parameters: int
+    quantized_static: bool
+    quantized_dynamic: bool
+
+
+@dataclass
+class InspectModelReport(Report):
+    command: ClassVar[str] = "inspect"
+    kind: ClassVar[str] = "model"
+    path: str
+    format: str
+    size_bytes: int
+    sha256: str
+    parameters: int
+    inputs: list[ModelInput]
+    layers: list[ModelLayer]
+    quantizable_layers: int
+    quantizable: bool
+    notes: list[str]
+    cpu: CpuInfo
+
+
+@dataclass
+class InspectArtifactReport(Report):
+    command: ClassVar[str] = "inspect"
+    kind: ClassVar[str] = "artifact"
+    path: str
+    format: str
+    format_version: int
+    form: str
+    size_bytes: int
+    sha256: str
+    graph_sha256: str | None
+    mode: str | None
+    method: str | None
+    written_by: dict[str, str | None]
+    source: dict[str, Any] | None
+    inputs: list[dict[str, Any]] | None
+    outputs: list[dict[str, Any]] | None
+    config: dict[str, Any] | None
+    calibration: dict[str, Any]  # samples, files, root, stats_sha256
+    compiled_for: dict[str, Any] | None  # packages: the ISA and capability they were compiled for
+    layers: list[LayerQuant]
+    quantized_layers: int
+    per_layer: list[dict[str, Any]] | None
+    suggested_exclude: list[str]
+    cpu: CpuInfo

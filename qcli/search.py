@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import layers as layer_report
 from qcli.calibrate import Prepared, Stats, apply_stats, observer_kinds, prepare, stats_tensors
@@ -24,6 +24,13 @@ from qcli.convert import layer_table, quantize
 from qcli.evaluate import Accuracy
 from qcli.load import LoadedModel
 from qcli.options import SearchOptions
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    pass
 
 
 @dataclass
@@ -82,7 +89,7 @@ class Searcher:
 
     loaded: LoadedModel
     prepared: Prepared
-    samples: tuple[Any, ...] | None
+    samples: tuple[Tensor, ...] | None
     evaluate_int8: Callable[[Any], Accuracy]
     method: str
     percentile: float

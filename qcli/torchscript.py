@@ -16,11 +16,16 @@ state dict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli import engine, private
 from qcli import graph as graph_helpers
 from qcli.errors import UnsupportedModel
+
+if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
+    from torch import Tensor
+    from torch.fx import GraphModule
+
 
 WHAT_TO_DO = (
     "save the model with torch.jit.trace on an example input, or pass the state dict with --arch "
@@ -98,7 +103,7 @@ def _where(node: Any) -> str:
     return f" at {Path(header.group(1)).name}:{header.group(2)} `{shown[:80]}`"
 
 
-def to_module(script: Any, example: tuple[Any, ...], path: Any) -> Any:
+def to_module(script: Any, example: tuple[Tensor, ...], path: Any) -> Any:
     """A ``GraphModule`` computing what ``script`` computes, with its convolutions, batch norms and
     linears as modules (see the module docstring). Raises ``UnsupportedModel`` with the reason
     when the archive cannot be converted."""
@@ -128,7 +133,7 @@ def to_module(script: Any, example: tuple[Any, ...], path: Any) -> Any:
     return gm
 
 
-def lift_modules(gm: Any) -> Any:
+def lift_modules(gm: GraphModule) -> Any:
     """Replace ``aten.convolution``/``batch_norm``/``linear`` calls on stored weights by calls of
     equivalent ``nn`` modules named after the weights; returns a new ``GraphModule``."""
     import torch
@@ -203,7 +208,7 @@ def _functions(aten: Any) -> dict[Any, Any]:
     }
 
 
-def _module_for(gm: Any, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
+def _module_for(gm: GraphModule, node: Any, aten: Any) -> tuple[str, Any, Any] | None:
     import torch
     from torch.fx.operator_schemas import normalize_function
 

@@ -79,11 +79,20 @@ def _schema_properties(name: str) -> tuple[set[str], set[str]]:
     return set(definition["properties"]), set(definition.get("required", []))
 
 
-@pytest.mark.parametrize("report", [reports.CalibrateReport, reports.ConvertReport, reports.BenchReport])
+@pytest.mark.parametrize(
+    "report",
+    [
+        reports.CalibrateReport,
+        reports.ConvertReport,
+        reports.BenchReport,
+        reports.InspectModelReport,
+        reports.InspectArtifactReport,
+    ],
+)
 def test_report_classes_match_the_json_schema(report):
     """The schema documents every field of the typed reports and requires only fields they have."""
-    fields = {f.name for f in dataclasses.fields(report)}
-    properties, required = _schema_properties(report.command)
+    fields = {f.name for f in dataclasses.fields(report)} | ({"kind"} if report.kind else set())
+    properties, required = _schema_properties(f"inspect_{report.kind}" if report.kind else report.command)
     assert fields == properties, (fields - properties, properties - fields)
     assert required <= fields
 

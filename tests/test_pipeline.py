@@ -95,8 +95,8 @@ def test_package_metadata_and_inspect(demo_artifacts, demo_model):
     assert meta["torch_version"] == torch.__version__ and meta["torchao_version"]
     assert meta["compiled_isa"] and meta["package_models"] == {"1": "model", "16": "batch16"}
     info = describe(demo_artifacts["package"])
-    assert info["kind"] == "artifact" and info["quantized_layers"] == 10
-    assert all(la["weight_dtype"] == "int8" for la in info["layers"])
+    assert info.kind == "artifact" and info.quantized_layers == 10
+    assert all(la.weight_dtype == "int8" for la in info.layers)
 
 
 def test_package_refuses_a_cpu_without_its_features(demo_artifacts, monkeypatch):
@@ -305,11 +305,10 @@ def test_dynamic_mode_quantizes_linear_layers(tmp_path, residual_model_file):
 
 def test_describe_model_lists_layers(demo_model):
     info = describe(Path(demo.WEIGHTS), ArchSpec.parse(demo.ARCH))
-    assert info["parameters"] == demo_model.num_parameters
-    assert info["quantizable_layers"] == 10
-    assert {"name": "fc", "type": "Linear", "weight_shape": [10, 64], "parameters": 650}.items() <= info["layers"][
-        -1
-    ].items()
+    assert info.parameters == demo_model.num_parameters
+    assert info.quantizable_layers == 10
+    fc = info.layers[-1]
+    assert (fc.name, fc.type, fc.weight_shape, fc.parameters) == ("fc", "Linear", [10, 64], 650)
 
 
 def test_exclude_keeps_matching_layers_fp32_and_reuses_full_statistics(tmp_path, demo_model, eval_batch):

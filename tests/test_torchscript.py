@@ -73,12 +73,12 @@ def test_inspect_tells_whether_torchscript_can_be_quantized(tmp_path):
     import models
 
     ok = describe(demo.TORCHSCRIPT)
-    assert ok["quantizable"] and ok["quantizable_layers"] == 10
-    assert "can quantize" in ok["notes"][0]
+    assert ok.quantizable and ok.quantizable_layers == 10
+    assert "can quantize" in ok.notes[0]
     models.scripted(models.GatedConvNet, str(tmp_path / "gated.pt"))
     bad = describe(tmp_path / "gated.pt")
-    assert not bad["quantizable"] and bad["quantizable_layers"] == 0
-    assert "data-dependent control flow" in bad["notes"][0] and "torch.jit.trace" in bad["notes"][0]
+    assert not bad.quantizable and bad.quantizable_layers == 0
+    assert "data-dependent control flow" in bad.notes[0] and "torch.jit.trace" in bad.notes[0]
 
 
 def test_unconvertible_torchscript_writes_nothing(tmp_path):

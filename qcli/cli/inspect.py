@@ -45,14 +45,15 @@ def inspect_command(
     if format is OutputFormat.json:
         print(render.to_json(report))
         return
-    tables, lines = render.inspect_tables(report)
+    document = report.to_dict()
+    tables, lines = render.inspect_tables(document)
     if per_layer:
-        if report["kind"] != "artifact":
+        if report.kind != "artifact":
             from qcli.errors import QcliError
 
             raise QcliError("--per-layer needs an INT8 artifact (the report is made when converting)")
         extra_tables, extra_lines = render.per_layer_table(
-            report.get("per_layer"), report.get("suggested_exclude") or []
+            document.get("per_layer"), document.get("suggested_exclude") or []
         )
         tables, lines = tables + extra_tables, lines + extra_lines
     render.emit(tables, lines, format.value)
