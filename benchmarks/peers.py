@@ -9,9 +9,13 @@ batch 1 and 16, with 1 and 2 threads:
 - ``fp32_eager``: the PyTorch module under ``torch.no_grad()``;
 - ``fp32_compiled``: ``torch.compile`` with Inductor weight freezing (static shapes);
 - ``ort_fp32``: the model exported with ``torch.onnx.export`` and run by ONNX Runtime (all graph
-  optimisations, no spinning thread pool, which would steal the other core from torch);
+  optimisations, ``allow_spinning=0``: ORT's default spinning thread pool keeps the other core busy
+  between calls, which slows torch when both run in one process);
 - ``ort_int8``: ONNX Runtime ``quantize_static`` (QDQ, per-channel weights, U8 activations and
   S8 weights as ORT recommends for x86) calibrated on the same samples as qcli;
+- ``ort_fp32_spin`` / ``ort_int8_spin``: the same sessions with ORT's default spinning, which is
+  how a user gets ORT out of the box: without spinning ORT is handicapped at small batches, with it
+  the variants measured after it in a round are (both are reported);
 - ``torchao_fx_int8``: PyTorch's deprecated ``torch.ao`` FX INT8 (x86 qconfig) on the same
   samples; the encoder cannot be FX-traced (shape-dependent views), so for it this is
   ``torch.ao``'s eager dynamic INT8 of the Linear layers, the path its docs give for transformers;
@@ -22,8 +26,12 @@ batch 1 and 16, with 1 and 2 threads:
   ``qcli_int8_dynamic`` (``--mode dynamic``); ``qcli_int8_load_package`` is the same package
   loaded with torch's ``load_package`` (weights as AOTInductor leaves them).
 
-Variants run interleaved (the order rotates every round) after warm-up; the table shows medians
-and ratios, and benchmarks/results/peers.json holds every figure with the environment.
+Variants run interleaved (the order rotates every round) after warm-up, for at least 40 rounds
+(batch 1) or 15 (batch 16) and then until qcli's ratio to every peer is known to +-5% (95%
+interval, paired bootstrap over rounds: ``qcli.metrics.ratio_interval``) or 20 s per cell. The
+table shows medians and ratios; a ratio is bold only where its interval excludes 1 (a winner), and
+marked ``~`` where it does not. benchmarks/results/peers.json holds every figure, interval and the
+environment.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import torch
 from safetensors.torch import save_file
 
 from qcli.demo.model import MobileNetV2, ResNet18, TextEncoder
+from qcli.metrics import median_interval, ratio_interval
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -150,14 +159,15 @@ def onnx_models(spec: dict[str, Any], work: Path) -> tuple[Path, Path]:
     return fp32, int8
 
 
-def ort_session(path: Path, threads: int) -> Any:
+def ort_session(path: Path, threads: int, spinning: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:  # ORT's default is to spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -182,19 +192,48 @@ def torch_ao_int8(spec: dict[str, Any]) -> tuple[Any, str]:
 # --- timing -------------------------------------------------------------------------------------
 
 
+PRECISION = 0.05  # qcli's ratio to every peer, +-5% (95% interval)
+BUDGET = 20.0  # seconds per cell at most, after the minimum rounds
+
+
+def qcli_best(times: dict[str, list[float]]) -> str:
+    """qcli's result: its own loader, static or (encoder) dynamic INT8, whichever is faster."""
+    own = [k for k in times if k.startswith("qcli") and k != "qcli_int8_load_package"]
+    return min(own, key=lambda k: statistics.median(times[k]))
+
+
+def settled(times: dict[str, list[float]]) -> bool:
+    best = times[qcli_best(times)]
+    for peer in times.values():
+        ratio, lo, hi = ratio_interval(peer, best, resamples=500)
+        if (hi - lo) / 2 / ratio > PRECISION:
+            return False
+    return True
+
+
 def interleaved(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
     names = list(runners)
     for name in names:
         for _ in range(warmup):
             runners[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
+    start, r = time.perf_counter(), 0
+    while r < rounds or (time.perf_counter() - start < BUDGET and not (r % 5 == 0 and settled(times))):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             t0 = time.perf_counter()
             runners[name]()
             times[name].append(time.perf_counter() - t0)
+        r += 1
     return times
+
+
+def cell(times: dict[str, list[float]]) -> dict[str, Any]:
+    """Medians with intervals, and qcli's ratio (peer median / qcli median) to each variant."""
+    best = qcli_best(times)
+    medians = {k: [round(1e3 * x, 4) for x in median_interval(v)] for k, v in times.items()}
+    ratios = {k: [round(x, 4) for x in ratio_interval(v, times[best])] for k, v in times.items() if k != best}
+    return {"qcli": best, "median_ms": medians, "qcli_ratio": ratios, "rounds": len(times[best])}
 
 
 def main() -> int:
@@ -229,7 +268,12 @@ def main() -> int:
             for threads in THREADS:
                 qcli = qcli_artifacts(spec, work, threads)
                 torch.set_num_threads(threads)
-                sessions = {"ort_fp32": ort_session(fp32_onnx, threads), "ort_int8": ort_session(int8_onnx, threads)}
+                sessions = {
+                    "ort_fp32": ort_session(fp32_onnx, threads),
+                    "ort_int8": ort_session(int8_onnx, threads),
+                    "ort_fp32_spin": ort_session(fp32_onnx, threads, spinning=True),
+                    "ort_int8_spin": ort_session(int8_onnx, threads, spinning=True),
+                }
                 for batch in BATCHES:
                     inputs = batch_of(spec["calib"], batch)
                     feeds = {n: t.numpy() for n, t in zip(spec["names"], inputs, strict=True)}
@@ -244,8 +288,7 @@ def main() -> int:
                     runners: dict[str, Callable[[], Any]] = {
                         "fp32_eager": run_torch(spec["module"]),
                         "fp32_compiled": run_torch(compiled),
-                        "ort_fp32": lambda s=sessions["ort_fp32"], f=feeds: s.run(None, f),
-                        "ort_int8": lambda s=sessions["ort_int8"], f=feeds: s.run(None, f),
+                        **{k: (lambda s=s, f=feeds: s.run(None, f)) for k, s in sessions.items()},
                         "torchao_fx_int8": run_torch(ao_model),
                     }
                     for variant, models in qcli.items():
@@ -253,12 +296,13 @@ def main() -> int:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         times = interleaved(runners, rounds=40 if batch == 1 else 15)
-                    medians = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-                    entry["runs"].append({"threads": threads, "batch": batch, "median_ms": medians,
-                                          "rounds": len(next(iter(times.values())))})  # fmt: skip
-                    rows.append((name, threads, batch, medians))
+                    result = {"threads": threads, "batch": batch, **cell(times)}
+                    entry["runs"].append(result)
+                    rows.append((name, threads, batch, result))
+                    medians = result["median_ms"]
                     print(
-                        f"  threads {threads} batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()),
+                        f"  threads {threads} batch {batch} ({result['rounds']} rounds): "
+                        + ", ".join(f"{k} {v[0]:.2f}" for k, v in medians.items()),
                         flush=True,
                     )
             report["models"][name] = entry
@@ -267,31 +311,30 @@ def main() -> int:
     return 0
 
 
-def print_table(rows: list[tuple[str, int, int, dict[str, float]]]) -> None:
-    cols = ["fp32_eager", "fp32_compiled", "ort_fp32", "ort_int8", "torchao_fx_int8", "qcli_int8_load_package",
-            "qcli_int8"]  # fmt: skip
+def ratio_cell(found: list[float] | None) -> str:
+    """qcli's speed-up over a variant: bold where the interval excludes 1, "~" where it does not."""
+    if found is None:
+        return "-"
+    ratio, lo, hi = found
+    text = f"{ratio:.2f}x [{lo:.2f}, {hi:.2f}]"
+    return f"**{text}**" if lo > 1 or hi < 1 else f"~{text}"
+
+
+def print_table(rows: list[tuple[str, int, int, dict[str, Any]]]) -> None:
+    cols = ["fp32_eager", "fp32_compiled", "ort_fp32", "ort_fp32_spin", "ort_int8", "ort_int8_spin",
+            "torchao_fx_int8", "qcli_int8_load_package", "qcli_int8"]  # fmt: skip
+    peers = ["ort_int8", "ort_int8_spin", "torchao_fx_int8", "fp32_compiled"]
     print(
-        "\n| model | threads | batch | "
-        + " | ".join(cols)
-        + " | qcli vs ORT INT8 | qcli vs torch.ao | qcli vs fastest FP32 | qcli vs FP32 compiled |"
+        "\n| model | threads | batch | " + " | ".join(cols) + " | " + " | ".join(f"qcli vs {p}" for p in peers) + " |"
     )
-    print("|---" * (len(cols) + 7) + "|")
-    for name, threads, batch, m in rows:
-        # qcli's result: its own loader, static or (encoder) dynamic INT8, whichever is faster
-        best = min(m, key=lambda k: m[k] if k.startswith("qcli") and k != "qcli_int8_load_package" else float("inf"))
-        q = m[best]
-        fp32 = min(m["fp32_eager"], m["fp32_compiled"], m["ort_fp32"])
-        cells = [f"{m[c]:.2f}" for c in cols]
+    print("|---" * (len(cols) + len(peers) + 3) + "|")
+    for name, threads, batch, result in rows:
+        m, best = result["median_ms"], result["qcli"]
+        cells = [f"{m[c][0]:.2f}" if c in m else "-" for c in cols]
         if best != "qcli_int8":
-            cells[-1] += f" ({best.removeprefix('qcli_int8_')}: {q:.2f})"
-        ratios = [m["ort_int8"] / q, m["torchao_fx_int8"] / q, fp32 / q, m["fp32_compiled"] / q]
-        print(
-            f"| {name} | {threads} | {batch} | "
-            + " | ".join(cells)
-            + " | "
-            + " | ".join(f"{r:.2f}x" for r in ratios)
-            + " |"
-        )
+            cells[-1] += f" ({best.removeprefix('qcli_int8_')}: {m[best][0]:.2f})"
+        ratios = [ratio_cell(result["qcli_ratio"].get(p)) for p in peers]
+        print(f"| {name} | {threads} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from qcli.calibrate import (
 )
 from qcli.config import Recipe, to_toml
 from qcli.data import SampleFolder, infer_input_spec
-from qcli.errors import GateFailed, OptionError
+from qcli.errors import GateFailed, GateInconclusive, OptionError
 from qcli.files import atomic_output, check_output, require_file, sha256_file
 from qcli.load import ArchSpec, LoadedModel, load_model
 from qcli.options import BenchOptions, CalibrationOptions, ConvertOptions
@@ -370,9 +370,21 @@ def bench_model(
             folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
             report.accuracy = subjects.evaluate(folder, options.eval_limit, track)
     _apply_gates(report, options, previous)
-    if not report.gates.passed:
-        raise GateFailed("; ".join(report.gates.failures), report=report)
+    raise_for_gates(report)
     return report
+
+
+def raise_for_gates(report: BenchReport) -> None:
+    """GateFailed (exit 3) for a failed gate, or an undecided one counted as failed;
+    GateInconclusive (exit 4) for an undecided one the user did not settle."""
+    gates = report.gates
+    if gates.verdict == "fail" or (gates.verdict == "inconclusive" and gates.on_inconclusive == "fail"):
+        raise GateFailed("; ".join(gates.failures or gates.inconclusive), report=report)
+    if gates.verdict == "inconclusive" and gates.on_inconclusive == "error":
+        raise GateInconclusive(
+            "; ".join(gates.inconclusive) + " (measure longer with --time-budget, or settle it with --inconclusive)",
+            report=report,
+        )
 
 
 def _path(value: PathLike | None) -> Path | None:
@@ -473,7 +485,9 @@ def _measure(
     fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec, sizes, workdir)
     runners = {bench.FP32_EAGER: loaded.module, bench.FP32_COMPILED: fp32_package, bench.INT8: subjects.artifact.run}
     warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads())] if w]
-    timings = bench.benchmark(runners, example, sizes, warmup=options.warmup, runs=options.runs)
+    plan = bench.Plan(options.warmup, options.runs, options.precision, options.time_budget, options.min_speedup)
+    timings = bench.benchmark(runners, example, sizes, plan)
+    warnings += [t.noise.reason for t in timings if t.noise is not None and t.noise.reason][:1]
     return BenchReport(
         model=ModelInfo.of(subjects.model_path, loaded),
         artifact=ArtifactInfo(str(path), meta["form"], meta.get("mode"), path.stat().st_size),
@@ -481,7 +495,7 @@ def _measure(
         environment=bench.environment(),
         latency=timings,
         accuracy=None,
-        gates=Gates(options.max_drop, options.min_speedup),
+        gates=Gates(options.max_drop, options.min_speedup, on_inconclusive=options.inconclusive),
         per_layer=meta.get("per_layer"),
         suggested_exclude=meta.get("suggested_exclude") or [],
         warnings=warnings,
@@ -506,7 +520,11 @@ def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchRepo
     from qcli import baseline as baselines
     from qcli import bench
 
-    report.gates.fail(bench.gate_failures(report.accuracy, report.latency, options.max_drop, options.min_speedup))
+    mismatch = next((w for w in report.warnings if w.startswith(bench.THREAD_MISMATCH)), None)
+    failures, undecided = bench.gate_verdicts(
+        report.accuracy, report.latency, options.max_drop, options.min_speedup, mismatch
+    )
+    report.gates.fail(failures, undecided)
     if previous is None or options.baseline is None:
         return
     rows = baselines.compare(report, previous, options.latency_tolerance, options.accuracy_tolerance)
@@ -514,7 +532,11 @@ def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchRepo
         raise OptionError(f"baseline '{options.baseline}' has no figure in common with this run to compare")
     report.warnings += baselines.environment_changes(report, previous)
     report.baseline = BaselineReport(str(options.baseline), options.latency_tolerance, options.accuracy_tolerance, rows)
-    report.gates.fail(baselines.failures(rows, options.latency_tolerance, options.accuracy_tolerance))
+    report.gates.fail(
+        baselines.failures(rows, options.latency_tolerance, options.accuracy_tolerance),
+        [f"baseline: {r.figure} cannot be told from the tolerance (the interval straddles it)" for r in rows
+         if r.verdict == "inconclusive"],
+    )  # fmt: skip
 
 
 def inspect_path(

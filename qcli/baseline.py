@@ -2,10 +2,12 @@
 
 Compared figures (only those present in both reports):
 
-- per batch size, INT8 median latency (``int8 p50 ms``): regressed when it rose by more than the
-  latency tolerance (a fraction, 0.10 = 10%);
-- per batch size, INT8 speed-up over FP32 compiled: regressed when it fell by more than the same
-  fraction (machine noise moves both variants, so the ratio is the steadier figure);
+- per batch size, INT8 median latency (``int8 p50 ms``): regressed when all of its 95% interval
+  lies above the baseline's median plus the latency tolerance (a fraction, 0.10 = 10%);
+- per batch size, INT8 speed-up over FP32 compiled: regressed when all of its interval lies below
+  the baseline's speed-up less the same fraction (machine noise moves both variants, so the ratio
+  is the steadier figure);
+- a latency figure whose interval straddles the line is undecided (``verdict: inconclusive``);
 - INT8 top-1 accuracy (labeled folders) or top-1 agreement with FP32 (unlabeled): regressed when it
   fell by more than the accuracy tolerance, in points.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from qcli.bench import Interval
 from qcli.errors import QcliError
+from qcli.metrics import verdict
 from qcli.reports import SCHEMA_VERSION, BenchReport, Comparison
 
 
@@ -70,22 +74,30 @@ def compare(
         if old is None or "int8" not in timing.variants or "int8" not in old.variants:
             continue
         b = timing.batch_size
-        now_ms, then_ms = timing.variants["int8"].p50_ms, old.variants["int8"].p50_ms
-        rise = now_ms / then_ms - 1
-        rows.append(Comparison(f"int8 p50 ms at batch {b}", then_ms, now_ms, rise, "%", rise > latency_tolerance))
-        now_x, then_x = timing.speedup("fp32_compiled"), old.speedup("fp32_compiled")
-        if now_x and then_x:
-            fall = now_x / then_x - 1
-            figure = f"speedup vs FP32 compiled at batch {b}"
-            rows.append(Comparison(figure, then_x, now_x, fall, "%", -fall > latency_tolerance))
+        now, then_ms = timing.variants["int8"], old.variants["int8"].p50_ms
+        rise = now.p50_ms / then_ms - 1
+        ceiling = then_ms * (1 + latency_tolerance)  # regressed: the median is above it
+        low, high = now.p50_low_ms or now.p50_ms, now.p50_high_ms or now.p50_ms
+        decided = verdict(-high, -low, -ceiling)  # pass when the whole interval is at or under it
+        rows.append(_row(f"int8 p50 ms at batch {b}", then_ms, now.p50_ms, rise, "%", decided))
+        then_x, now_x = old.speedup("fp32_compiled"), timing.speedup("fp32_compiled")
+        found = timing.speedups.get("fp32_compiled") or (Interval(now_x, now_x, now_x) if now_x else None)
+        if found is not None and then_x:
+            fall = found.value / then_x - 1
+            decided = verdict(found.low, found.high, then_x * (1 - latency_tolerance))
+            rows.append(_row(f"speedup vs FP32 compiled at batch {b}", then_x, found.value, fall, "%", decided))
     acc_now, acc_then = current.accuracy, baseline.accuracy
     if acc_now is not None and acc_then is not None and acc_now.labeled == acc_then.labeled:
         key, label = ("int8_top1", "int8 top-1 %") if acc_now.labeled else ("top1_agreement", "top-1 agreement %")
         now, then = getattr(acc_now, key), getattr(acc_then, key)
         if now is not None and then is not None:
             change = now - then
-            rows.append(Comparison(label, then, now, change, "points", -change > accuracy_tolerance))
+            rows.append(_row(label, then, now, change, "points", "fail" if -change > accuracy_tolerance else "pass"))
     return rows
+
+
+def _row(figure: str, then: float, now: float, change: float, unit: str, decided: str) -> Comparison:
+    return Comparison(figure, then, now, change, unit, decided == "fail", decided)
 
 
 def failures(rows: list[Comparison], latency_tolerance: float, accuracy_tolerance: float) -> list[str]:

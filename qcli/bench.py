@@ -7,6 +7,7 @@ Interleaving spreads machine noise evenly over the variants; the order rotates e
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,17 +19,31 @@ from qcli import engine, graph, metrics
 from qcli.config import PreprocessConfig
 from qcli.data import InputSpec
 from qcli.errors import DataError, OptionError, QcliError
+from qcli.noise import Noise
 
 if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
     from torch import Tensor
     from torch.nn import Module
 
-
-if TYPE_CHECKING:
     from qcli.evaluate import Accuracy
     from qcli.reports import Environment
 
 FP32_EAGER, FP32_COMPILED, INT8 = "fp32_eager", "fp32_compiled", "int8"
+THREAD_MISMATCH = "the package was compiled with"  # how the thread-count warning starts
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A figure with its 95% interval (percentile bootstrap over measurement rounds)."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width relative to the value: 0.05 is "plus or minus 5%"."""
+        return (self.high - self.low) / 2 / self.value if self.value else math.inf
 
 
 @dataclass(frozen=True)
@@ -36,66 +51,139 @@ class Latency:
     p50_ms: float
     p90_ms: float
     throughput: float  # samples per second at the median
+    p10_ms: float | None = None
+    calls: int | None = None  # timed calls (one per round)
+    p50_low_ms: float | None = None  # the median's 95% interval
+    p50_high_ms: float | None = None
 
     @classmethod
     def of(cls, seconds: list[float], batch_size: int) -> Latency:
-        p50 = metrics.percentile(seconds, 50)
-        return cls(p50 * 1e3, metrics.percentile(seconds, 90) * 1e3, batch_size / p50 if p50 > 0 else 0.0)
+        p50, low, high = metrics.median_interval(seconds)
+        return cls(
+            p50_ms=p50 * 1e3,
+            p90_ms=metrics.percentile(seconds, 90) * 1e3,
+            throughput=batch_size / p50 if p50 > 0 else 0.0,
+            p10_ms=metrics.percentile(seconds, 10) * 1e3,
+            calls=len(seconds),
+            p50_low_ms=low * 1e3,
+            p50_high_ms=high * 1e3,
+        )
 
 
 @dataclass(frozen=True)
 class BatchTiming:
     batch_size: int
-    runs: int
+    runs: int  # rounds: each calls every variant once, in rotating order
     variants: dict[str, Latency] = field(default_factory=dict)
+    speedups: dict[str, Interval] = field(default_factory=dict)  # INT8 vs each FP32 variant
+    seconds: float | None = None  # wall time of the timed rounds
+    stopped_by: str | None = None  # "precision", "time budget" or "rounds"
+    noise: Noise | None = None
 
     def speedup(self, baseline: str, variant: str = INT8) -> float | None:
+        if variant == INT8 and baseline in self.speedups:
+            return self.speedups[baseline].value
         if baseline not in self.variants or variant not in self.variants:
             return None
         return self.variants[baseline].p50_ms / self.variants[variant].p50_ms
 
     def to_dict(self) -> dict[str, Any]:
+        from qcli.reports import plain
+
         return {
             "batch_size": self.batch_size,
             "runs": self.runs,
-            "variants": {k: v.__dict__ for k, v in self.variants.items()},
+            "variants": {k: plain(v) for k, v in self.variants.items()},
             "speedup_vs_fp32_compiled": self.speedup(FP32_COMPILED),
             "speedup_vs_fp32_eager": self.speedup(FP32_EAGER),
+            "speedups": {k: plain(v) for k, v in self.speedups.items()},
+            "seconds": self.seconds,
+            "stopped_by": self.stopped_by,
+            "noise": plain(self.noise) if self.noise is not None else None,
         }
 
 
-def time_interleaved(
-    runners: dict[str, Callable[..., Any]],
-    inputs: tuple[Tensor, ...],
-    *,
-    warmup: int = 3,
-    runs: int = 20,
-    min_seconds: float = 0.0,
-) -> dict[str, list[float]]:
-    """Call every runner ``runs`` times, round-robin with rotating order; return seconds per call.
+@dataclass(frozen=True)
+class Plan:
+    """How long to measure: at least ``min_rounds`` rounds, then until every INT8/FP32 ratio is
+    known to ``precision`` (and a ``threshold`` gate is decided), or ``time_budget`` seconds per
+    batch size have passed (None: 30 rounds' worth, between 10 and 120 s)."""
 
-    Each call gets fresh clones of ``inputs`` (made outside the timed region) so no runner can
-    see another's writes.
-    """
+    warmup: int = 3
+    min_rounds: int = 20
+    precision: float = 0.05
+    time_budget: float | None = None
+    threshold: float | None = None  # --min-speedup: keep measuring while it is undecided
+    check_every: int = 5  # rounds between looks at the intervals
+    max_rounds: int = 100_000
+
+
+@dataclass
+class Rounds:
+    """Seconds per call, by variant; entry i of each list is from round i."""
+
+    times: dict[str, list[float]]
+    seconds: float
+    stopped_by: str
+
+
+def _round(runners: dict[str, Callable[..., Any]], inputs: tuple[Tensor, ...], times: dict[str, list[float]]) -> None:
+    """Call each runner once, in an order rotated by the round number, on fresh input clones
+    (made outside the timed region, so no runner sees another's writes)."""
+    names = list(runners)
+    shift = len(times[names[0]]) % len(names)
+    for name in names[shift:] + names[:shift]:
+        args = [t.clone() for t in inputs]
+        t0 = time.perf_counter()
+        runners[name](*args)
+        times[name].append(time.perf_counter() - t0)
+
+
+def speedups(times: dict[str, list[float]]) -> dict[str, Interval]:
+    """INT8's speed-up over each FP32 variant measured, with its interval."""
+    return {
+        base: Interval(*metrics.ratio_interval(times[base], times[INT8]))
+        for base in (FP32_COMPILED, FP32_EAGER)
+        if base in times and INT8 in times and times[INT8]
+    }
+
+
+def _settled(times: dict[str, list[float]], plan: Plan) -> bool:
+    """Every ratio known to ``plan.precision``, and the speed gate decided (if there is one)."""
+    found = speedups(times)
+    if any(i.half_width > plan.precision for i in found.values()):
+        return False
+    gate = found.get(FP32_COMPILED)
+    if plan.threshold is not None and gate is not None:
+        return metrics.verdict(gate.low, gate.high, plan.threshold) != "inconclusive"
+    return True
+
+
+def measure(runners: dict[str, Callable[..., Any]], inputs: tuple[Tensor, ...], plan: Plan) -> Rounds:
+    """Interleaved rounds until the plan is satisfied (see ``Plan``); returns every call's time."""
     import torch
 
-    names = list(runners)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in runners}
     with torch.no_grad():
-        for _ in range(warmup):
-            for name in names:
+        for _ in range(plan.warmup):
+            for name in runners:
                 runners[name](*[t.clone() for t in inputs])
         start = time.perf_counter()
-        i = 0
-        while i < runs or (time.perf_counter() - start < min_seconds and i < 10 * runs):
-            order = names[i % len(names) :] + names[: i % len(names)]
-            for name in order:
-                args = [t.clone() for t in inputs]
-                t0 = time.perf_counter()
-                runners[name](*args)
-                times[name].append(time.perf_counter() - t0)
-            i += 1
-    return times
+        _round(runners, inputs, times)
+        budget = plan.time_budget
+        if budget is None:
+            budget = min(120.0, max(10.0, 30 * (time.perf_counter() - start)))
+        stopped_by = "rounds"
+        while len(times[INT8 if INT8 in times else next(iter(times))]) < plan.max_rounds:
+            done = len(next(iter(times.values())))
+            if done >= plan.min_rounds and done % plan.check_every == 0 and _settled(times, plan):
+                stopped_by = "precision"
+                break
+            if done >= plan.min_rounds and time.perf_counter() - start > budget:
+                stopped_by = "time budget"
+                break
+            _round(runners, inputs, times)
+    return Rounds(times, time.perf_counter() - start, stopped_by)
 
 
 def compile_fp32_package(
@@ -126,7 +214,7 @@ def thread_warning(meta: dict[str, Any], threads: int) -> str | None:
     if meta.get("form") != "package" or not compiled or compiled == threads:
         return None
     return (
-        f"the package was compiled with {compiled} thread(s) and runs with {threads}: oneDNN re-packs some "
+        f"{THREAD_MISMATCH} {compiled} thread(s) and runs with {threads}: oneDNN re-packs some "
         f"weights on every call at another thread count (up to 10x slower); convert with --threads {threads}"
     )
 
@@ -138,17 +226,22 @@ def make_inputs(example: tuple[Tensor, ...], batch_size: int) -> tuple[Any, ...]
 
 
 def benchmark(
-    runners: dict[str, Callable[..., Any]],
-    example: tuple[Tensor, ...],
-    batch_sizes: list[int],
-    *,
-    warmup: int = 3,
-    runs: int = 20,
+    runners: dict[str, Callable[..., Any]], example: tuple[Tensor, ...], batch_sizes: list[int], plan: Plan
 ) -> list[BatchTiming]:
+    """Each batch size measured by ``measure``, with what else used the CPU meanwhile."""
+    from qcli.noise import Monitor
+
     results = []
     for bs in batch_sizes:
-        times = time_interleaved(runners, make_inputs(example, bs), warmup=warmup, runs=runs)
-        results.append(BatchTiming(bs, runs, {name: Latency.of(ts, bs) for name, ts in times.items()}))
+        with Monitor() as monitor:
+            rounds = measure(runners, make_inputs(example, bs), plan)
+        variants = {name: Latency.of(ts, bs) for name, ts in rounds.times.items()}
+        count = len(next(iter(rounds.times.values())))
+        results.append(
+            BatchTiming(
+                bs, count, variants, speedups(rounds.times), round(rounds.seconds, 3), rounds.stopped_by, monitor.noise
+            )
+        )
     return results
 
 
@@ -220,22 +313,38 @@ def environment() -> Environment:
     )
 
 
-def gate_failures(
-    accuracy: Accuracy | None, timings: list[BatchTiming], max_drop: float | None, min_speedup: float | None
-) -> list[str]:
-    """What fails ``--max-drop`` (points) and ``--min-speedup`` (INT8 vs FP32 compiled, every batch size)."""
-    failures = []
+def gate_verdicts(
+    accuracy: Accuracy | None,
+    timings: list[BatchTiming],
+    max_drop: float | None,
+    min_speedup: float | None,
+    mismatch: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """(failures, undecided) of ``--max-drop`` (points) and ``--min-speedup`` (INT8 vs FP32
+    compiled, every batch size). The speed gate judges the ratio's 95% interval: it passes when
+    all of it clears the threshold, fails when none of it does, and is undecided otherwise, or
+    when the package runs at another thread count than it was compiled for (``mismatch``)."""
+    failures: list[str] = []
+    undecided: list[str] = []
     if max_drop is not None:
         if accuracy is None:
             failures.append("--max-drop needs --eval-dir to measure accuracy")
         elif accuracy.drop > max_drop:
             what = "top-1 accuracy" if accuracy.labeled else "top-1 agreement with FP32"
             failures.append(f"{what} dropped {accuracy.drop:.2f} points, more than --max-drop {max_drop:g}")
-    if min_speedup is not None:
-        for t in timings:
-            ratio = t.speedup(FP32_COMPILED)
-            if ratio is not None and ratio < min_speedup:
-                failures.append(
-                    f"INT8 is {ratio:.2f}x FP32 compiled at batch {t.batch_size}, under --min-speedup {min_speedup:g}"
-                )
-    return failures
+    if min_speedup is None:
+        return failures, undecided
+    if mismatch:
+        undecided.append(f"--min-speedup not judged: {mismatch}")
+        return failures, undecided
+    for t in timings:
+        found = t.speedups.get(FP32_COMPILED)
+        if found is None:
+            continue
+        where = f"INT8 is {found.value:.2f}x FP32 compiled at batch {t.batch_size} (95% interval {found.low:.2f}-{found.high:.2f}x)"
+        decision = metrics.verdict(found.low, found.high, min_speedup)
+        if decision == "fail":
+            failures.append(f"{where}, under --min-speedup {min_speedup:g}")
+        elif decision == "inconclusive":
+            undecided.append(f"{where}: the interval straddles --min-speedup {min_speedup:g}")
+    return failures, undecided

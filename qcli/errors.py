@@ -15,6 +15,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_GATE = 3
+EXIT_INCONCLUSIVE = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -118,3 +119,10 @@ class GateFailed(QcliError):
     def __init__(self, message: str, *, report: Any = None) -> None:
         super().__init__(message)
         self.report = report  # the command's report (a dataclass of qcli.reports)
+
+
+class GateInconclusive(GateFailed):
+    """A gate that the measurements could not decide (its interval straddles the threshold) and
+    that the user did not settle with ``--inconclusive pass|fail``. Carries the report."""
+
+    exit_code = EXIT_INCONCLUSIVE

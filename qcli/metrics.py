@@ -98,3 +98,55 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     if vx == 0 or vy == 0:
         return None
     return cov / math.sqrt(vx * vy)
+
+
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(median, low, high): the median and its percentile-bootstrap interval.
+
+    The values are resampled with replacement ``resamples`` times; the interval spans the middle
+    ``confidence`` of the resampled medians. One value gives a zero-width interval at it.
+    """
+    import numpy as np
+
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("median of no values")
+    rng = np.random.default_rng(seed)
+    medians = np.median(data[rng.integers(0, data.size, (resamples, data.size))], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(np.median(data)), float(lo), float(hi)
+
+
+def ratio_interval(
+    base: Sequence[float], test: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(ratio, low, high) for median(base) / median(test), with a percentile-bootstrap interval.
+
+    ``base[i]`` and ``test[i]`` were measured in the same round (interleaved), so rounds are
+    resampled as pairs: a disturbance that slowed both calls of a round stays paired, and the
+    interval reflects how the ratio, not each latency, varies. Needs one pair or more.
+    """
+    import numpy as np
+
+    a, b = np.asarray(base, dtype=np.float64), np.asarray(test, dtype=np.float64)
+    if a.size == 0 or a.size != b.size:
+        raise ValueError("ratio of unpaired or empty samples")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, a.size, (resamples, a.size))
+    ratios = np.median(a[index], axis=1) / np.median(b[index], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+
+
+def verdict(low: float, high: float, threshold: float) -> str:
+    """A three-valued gate on an interval: ``pass`` when all of it is at or above the threshold,
+    ``fail`` when all of it is below, ``inconclusive`` when it straddles the threshold."""
+    if low >= threshold:
+        return "pass"
+    if high < threshold:
+        return "fail"
+    return "inconclusive"

@@ -25,6 +25,7 @@ METHODS = (DEFAULT_METHOD, *RANGE_METHODS, AUTO_METHOD)
 WEIGHTS = ("per-channel", "per-tensor")
 FORMS = ("package", "program", "both")
 DEFAULT_BATCH_SIZES = (1, 16)
+INCONCLUSIVE = ("error", "pass", "fail")
 
 
 def _positive(name: str, value: int | float | None, what: str = "positive") -> None:
@@ -151,6 +152,9 @@ class BenchOptions:
     baseline: Path | None = None  # an earlier report to compare with
     latency_tolerance: float = 0.10  # with baseline: a fraction
     accuracy_tolerance: float = 0.5  # with baseline: points
+    precision: float = 0.05  # measure until each INT8/FP32 ratio is known to +-5% (95% interval)
+    time_budget: float | None = None  # seconds per batch size (None: 30 rounds' worth, 10-120 s)
+    inconclusive: str = "error"  # what an undecided gate counts as: error (exit 4), pass or fail
 
     def __post_init__(self) -> None:
         _sizes("batch_sizes", self.batch_sizes)
@@ -166,6 +170,10 @@ class BenchOptions:
             raise OptionError(f"{{latency_tolerance}} is a fraction (0.1 = 10%), not {self.latency_tolerance:g}")
         if not 0 <= self.accuracy_tolerance <= 100:
             raise OptionError(f"{{accuracy_tolerance}} is in points (0-100), not {self.accuracy_tolerance:g}")
+        if not 0 < self.precision < 1:
+            raise OptionError(f"{{precision}} is a fraction in (0, 1) (0.05 = +-5%), not {self.precision:g}")
+        _positive("time_budget", self.time_budget, "a positive number of seconds")
+        _one_of("inconclusive", self.inconclusive, INCONCLUSIVE)
         object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))
         if self.baseline is not None:
             object.__setattr__(self, "baseline", Path(self.baseline))

@@ -44,11 +44,11 @@ def html_report(report: BenchReport) -> str:
         f'<p class="sub">INT8 artifact {escape(_name(report.artifact.path))} ({escape(report.artifact.form)}, '
         f"{escape(str(report.artifact.mode))}) against the FP32 model, measured in one process, interleaved, "
         f"{report.environment.threads} threads.</p>",
-        f'<p><span class="verdict {"pass" if gates.passed else "fail"}">'
-        f"{'gates passed' if gates.passed else 'gates failed'}</span></p>",
+        f'<p><span class="verdict {"pass" if gates.passed else "fail"}">{_verdict(report)}</span></p>',
     ]
-    if gates.failures:
-        parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in gates.failures) + "</ul>")
+    notes = gates.failures + gates.inconclusive + report.warnings
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in notes) + "</ul>")
     parts += _latency(report)
     parts += _accuracy(report)
     parts += _per_layer(report.per_layer)
@@ -57,6 +57,13 @@ def html_report(report: BenchReport) -> str:
     parts += _environment(report)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _verdict(report: BenchReport) -> str:
+    gates = report.gates
+    if gates.verdict == "inconclusive":
+        return f"gates undecided ({'exit 4' if gates.on_inconclusive == 'error' else 'counted as ' + gates.on_inconclusive + 'ed'})"
+    return "gates passed" if gates.passed else "gates failed"
 
 
 def _name(path: str) -> str:
@@ -116,6 +123,7 @@ def _latency(report: BenchReport) -> list[str]:
         _legend(list(LABELS)),
         f'<div class="charts">{"".join(charts)}</div>',
         _table(tables.latency_table(report)),
+        *(f'<p class="note">{escape(line)}</p>' for line in tables.measurement_lines(report)),
     ]
 
 

@@ -176,14 +176,22 @@ class Environment:
 
 @dataclass
 class Gates:
+    """Three-valued: a gate passes, fails, or cannot be decided from the measurements (its
+    interval straddles the threshold); ``on_inconclusive`` says what an undecided run counts as."""
+
     max_drop: float | None
     min_speedup: float | None
     passed: bool = True
     failures: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)
+    verdict: str = "pass"  # pass, fail or inconclusive
+    on_inconclusive: str = "error"  # error (exit 4), pass or fail
 
-    def fail(self, reasons: list[str]) -> None:
+    def fail(self, reasons: list[str], undecided: list[str] | None = None) -> None:
         self.failures += reasons
-        self.passed = not self.failures
+        self.inconclusive += undecided or []
+        self.verdict = "fail" if self.failures else "inconclusive" if self.inconclusive else "pass"
+        self.passed = self.verdict == "pass" or (self.verdict == "inconclusive" and self.on_inconclusive == "pass")
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ class Comparison:
     change: float  # a fraction (unit "%") or points
     unit: str
     regressed: bool
+    verdict: str = "pass"  # pass, fail (regressed) or inconclusive (the interval straddles the tolerance)
 
 
 @dataclass(frozen=True)

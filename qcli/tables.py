@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from qcli.bench import Interval, Latency
     from qcli.reports import BaselineReport, BenchReport
 
 VARIANTS = {"fp32_eager": "FP32 eager", "fp32_compiled": "FP32 compiled", "int8": "INT8"}
@@ -51,7 +52,18 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def _spread(lat: Latency) -> str:
+    return "-" if lat.p10_ms is None else f"{lat.p10_ms:.3f}-{lat.p90_ms:.3f}"
+
+
+def _ratio(found: Interval | None, value: float | None) -> str:
+    if found is None:
+        return fmt(value, 2, "x")
+    return f"{found.value:.2f}x [{found.low:.2f}, {found.high:.2f}]"
+
+
 def latency_table(report: BenchReport) -> Table:
+    """Median, p10-p90 and calls per variant; INT8's speed-up with its 95% interval."""
     env = report.environment
     rows = []
     for timing in report.latency:
@@ -59,14 +71,30 @@ def latency_table(report: BenchReport) -> Table:
             lat = timing.variants.get(name)
             if lat is None:
                 continue
-            ratio = timing.speedup("fp32_compiled") if name == "int8" else None
-            row = [str(timing.batch_size), name, fmt(lat.p50_ms, 3), fmt(lat.p90_ms, 3), fmt(lat.throughput, 1)]
-            rows.append([*row, fmt(ratio, 2, "x")])
+            ratio = (
+                _ratio(timing.speedups.get("fp32_compiled"), timing.speedup("fp32_compiled")) if name == "int8" else "-"
+            )
+            calls = "-" if lat.calls is None else str(lat.calls)
+            row = [str(timing.batch_size), name, fmt(lat.p50_ms, 3), _spread(lat), calls, fmt(lat.throughput, 1)]
+            rows.append([*row, ratio])
     return Table(
-        f"Latency ({env.threads} threads, {env.cpu_capability}, torch {env.torch_version})",
-        ["batch", "variant", "p50 ms", "p90 ms", "samples/s", "INT8 vs FP32 compiled"],
+        f"Latency ({env.threads} threads, {env.cpu_capability}, torch {env.torch_version}; 95% intervals)",
+        ["batch", "variant", "p50 ms", "p10-p90 ms", "calls", "samples/s", "INT8 vs FP32 compiled"],
         rows,
     )
+
+
+def measurement_lines(report: BenchReport) -> list[str]:
+    """How long each batch size was measured and why it stopped."""
+    lines = []
+    for t in report.latency:
+        if t.seconds is None:
+            continue
+        why = {"precision": "every ratio known to the precision asked", "time budget": "time budget spent"}
+        lines.append(
+            f"batch {t.batch_size}: {t.runs} rounds in {t.seconds:.1f} s ({why.get(str(t.stopped_by), t.stopped_by)})"
+        )
+    return lines
 
 
 def accuracy_table(report: BenchReport) -> Table | None:
@@ -106,7 +134,7 @@ def baseline_table(baseline: BaselineReport | None) -> Table | None:
             fmt(float(c.baseline), 3),
             fmt(float(c.current), 3),
             f"{c.change * 100:+.1f}%" if c.unit == "%" else f"{c.change:+.2f} points",
-            "REGRESSED" if c.regressed else "ok",
+            "REGRESSED" if c.regressed else "UNDECIDED" if c.verdict == "inconclusive" else "ok",
         ]
         for c in baseline.comparisons
     ]
@@ -120,8 +148,14 @@ def bench_tables(report: BenchReport) -> list[Table]:
 
 
 def gate_lines(report: BenchReport) -> list[str]:
-    if report.gates.failures:
-        return [f"GATE FAILED: {f}" for f in report.gates.failures]
-    if report.gates.max_drop is not None or report.gates.min_speedup is not None:
-        return ["gates passed"]
-    return []
+    """The noise flag and each gate's verdict, as lines under the tables."""
+    gates = report.gates
+    lines = [f"DISTURBED: {t.noise.reason}" for t in report.latency if t.noise and t.noise.reason][:1]
+    lines += [f"GATE FAILED: {f}" for f in gates.failures]
+    lines += [f"GATE UNDECIDED: {f}" for f in gates.inconclusive]
+    if gates.inconclusive and not gates.failures:
+        counted = {"error": "exit 4", "pass": "counted as passed (--inconclusive pass)", "fail": "counted as failed"}
+        lines.append(f"gates undecided: {counted[gates.on_inconclusive]}")
+    elif not gates.failures and (gates.max_drop is not None or gates.min_speedup is not None or report.baseline):
+        lines.append("gates passed")
+    return lines

@@ -321,6 +321,12 @@ CASES: list[Case] = [
     Case("zero-byte image", files_in_calib(lambda s: (s / "x.png").write_bytes(b"")), 1, "cannot be decoded"),
     Case("samples of mixed shapes", files_in_calib(mixed_shapes), 1, "the first sample had"),
     Case(
+        "files that hold zero samples",
+        files_in_calib(lambda s: np.save(s / "x.npy", np.zeros((0, 1, 28, 28), np.float32))),
+        1,
+        "holds no samples",
+    ),
+    Case(
         "NaN in a sample",
         files_in_calib(lambda s: np.save(s / "x.npy", np.full((1, 28, 28), np.nan, np.float32))),
         1,

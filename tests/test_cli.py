@@ -192,3 +192,31 @@ def test_interrupted_convert_leaves_nothing(tmp_path, signame, during):
     assert proc.returncode == (130 if signame == "SIGINT" else 143), err
     assert err.strip().splitlines()[-1] == "qcli: interrupted; no partial output was left"
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_written_after_a_failed_gate_still_exits_3(tmp_path, monkeypatch, capsys):
+    """The gate's verdict is the exit code; the write failure is reported beside it."""
+    from test_ux import _report
+
+    from qcli import api
+    from qcli.cli import bench as bench_cli
+    from qcli.cli.app import run
+    from qcli.errors import GateFailed, QcliError
+
+    report = _report(1.0, 2.0, 99.0)
+    report.gates.fail(["INT8 is 2.00x FP32 compiled at batch 16, under --min-speedup 9"])
+
+    def failed_gate(*args, **kwargs):
+        raise GateFailed(report.gates.failures[0], report=report)
+
+    def disk_full(path, text):
+        raise QcliError(f"cannot write the report to '{path}': No space left on device")
+
+    monkeypatch.setattr(api, "bench_model", failed_gate)
+    monkeypatch.setattr(bench_cli, "write_text", disk_full)
+    (tmp_path / "int8.pt2").write_bytes(b"x")
+    code = run(["bench", str(demo.WEIGHTS), str(tmp_path / "int8.pt2"), "--arch", demo.ARCH,
+                "-o", str(tmp_path / "bench.json"), "--format", "json"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3
+    assert err[0].startswith("qcli: error: cannot write the report") and "under --min-speedup 9" in err[-1]

@@ -112,6 +112,12 @@ def test_encoder_quantizes_in_every_mode_and_keeps_embeddings(tmp_path, encoder_
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     validate(report)  # the schema knows every mode
+    proc = run_qcli(
+        "calibrate", root / "enc.safetensors", root / "calib", *ARCH, "--mode", mode, "-o", tmp_path / "s.safetensors",
+        "--format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    validate(json.loads(proc.stdout))
     proc = run_qcli("inspect", out, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     validate(json.loads(proc.stdout))
@@ -128,7 +134,7 @@ def test_encoder_quantizes_in_every_mode_and_keeps_embeddings(tmp_path, encoder_
 def test_bench_reports_embedding_fidelity_and_spearman(tmp_path, encoder_files):
     root = encoder_files
     proc = run_qcli("bench", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--eval-dir", root / "eval",
-                    "--batch-sizes", "2", "--runs", "2", "--format", "markdown", "--max-drop", "5",
+                    "--batch-sizes", "2", "--runs", "2", "--time-budget", "1", "--format", "markdown", "--max-drop", "5",
                     "-o", tmp_path / "bench.json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Spearman (24 pairs)" in proc.stdout
@@ -182,7 +188,7 @@ def test_pairs_file_errors_are_one_line(tmp_path, encoder_files):
         "a,b,score\ns0.safetensors,missing.safetensors,1\ns1.safetensors,s1-0.safetensors,2\n"
     )
     proc = run_qcli("bench", root / "enc.safetensors", *ARCH, "--calib-dir", root / "calib", "--eval-dir", evaluation,
-                    "--batch-sizes", "1", "--runs", "1")  # fmt: skip
+                    "--batch-sizes", "1", "--runs", "1", "--time-budget", "1")  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         f"qcli: error: '{evaluation / 'pairs.csv'}' line 2: 'missing.safetensors' is not a sample file of the folder"

@@ -130,14 +130,14 @@ def test_bench_baseline_catches_a_regression(tmp_path, bench_run, demo_artifacts
     (tmp_path / "main.json").write_text(json.dumps(baseline))
     proc = run_qcli(
         "bench", demo.WEIGHTS, demo_artifacts["package"], "--arch", demo.ARCH, "--eval-dir", demo.EVAL_DIR, "--config", MNIST_RECIPE,
-        "--batch-sizes", "16", "--runs", "3", "--warmup", "1", "--eval-limit", "200", "-q",
+        "--batch-sizes", "16", "--runs", "3", "--warmup", "1", "--time-budget", "1", "--eval-limit", "200", "-q",
         "--baseline", tmp_path / "main.json", "--format", "json",
     )  # fmt: skip
     assert proc.returncode == 3, proc.stderr
     report = json.loads(proc.stdout)
     validate(report)
     regressed = {r["figure"] for r in report["baseline"]["comparisons"] if r["regressed"]}
-    assert {"int8 p50 ms at batch 16", "int8 top-1 %"} <= regressed
+    assert {"int8 p50 ms at batch 16", "int8 top-1 %"} <= regressed, (report["baseline"], report["latency"])
     assert "int8 p50 ms at batch 16 rose" in proc.stderr and "int8 top-1 % fell 2.00 points" in proc.stderr
 
 

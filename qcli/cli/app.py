@@ -1,7 +1,8 @@
 """The ``qcli`` command: registers the four commands and maps errors to exit codes.
 
 Exit codes: 0 success; 1 error (bad input, load failure, unsupported model); 2 usage error;
-3 a gate failed (the report and artifact are still written); 130/143 interrupted (SIGINT/SIGTERM).
+3 a gate failed (the report and artifact are still written); 4 a gate the measurements could not
+decide (``bench --inconclusive``); 130/143 interrupted (SIGINT/SIGTERM).
 Set QCLI_DEBUG=1 to see the traceback of an error.
 """
 
@@ -25,7 +26,8 @@ from qcli.errors import EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM, QcliError
 
 EPILOG = (
     "Exit codes: 0 success, 1 error, 2 usage error, 3 gate failed (report still written), "
-    "130/143 interrupted. QCLI_DEBUG=1 shows tracebacks."
+    "4 gate undecided by the measurements (report still written), 130/143 interrupted. "
+    "QCLI_DEBUG=1 shows tracebacks."
 )
 
 app = typer.Typer(

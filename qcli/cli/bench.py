@@ -13,10 +13,12 @@ from qcli.cli.common import arch_spec, flags_named, gated, parse_batch_sizes, re
 from qcli.cli.options import (
     BENCH,
     BENCH_BATCH_SIZES,
+    DEFAULT_INCONCLUSIVE,
     ArchKwargsOpt,
     ArchOpt,
     ConfigOpt,
     ForceOpt,
+    Inconclusive,
     ModelArg,
     OutputFormat,
     QuietOpt,
@@ -59,7 +61,33 @@ BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separat
 
 WarmupOpt = Annotated[int, typer.Option("--warmup", help="Untimed calls per variant first.")]
 
-RunsOpt = Annotated[int, typer.Option("--runs", help="Timed calls per variant and batch size.")]
+RunsOpt = Annotated[
+    int,
+    typer.Option("--runs", help="At least this many rounds (one timed call of each variant) per batch size."),
+]
+
+PrecisionOpt = Annotated[
+    float,
+    typer.Option(
+        "--precision",
+        help="Keep measuring until each INT8/FP32 ratio's 95% interval is within this fraction (0.05 = +-5%).",
+    ),
+]
+
+TimeBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--time-budget", help="Stop measuring a batch size after S seconds (default: 30 rounds' worth, 10-120 s)."
+    ),
+]
+
+InconclusiveOpt = Annotated[
+    Inconclusive,
+    typer.Option(
+        "--inconclusive",
+        help="What a gate the measurements cannot decide counts as: error (exit 4), pass or fail (exit 3).",
+    ),
+]
 
 EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", help="Evaluate at most N samples.")]
 
@@ -124,6 +152,9 @@ def bench_command(
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = BENCH.warmup,
     runs: RunsOpt = BENCH.runs,
+    precision: PrecisionOpt = BENCH.precision,
+    time_budget: TimeBudgetOpt = None,
+    inconclusive: InconclusiveOpt = DEFAULT_INCONCLUSIVE,
     eval_limit: EvalLimitOpt = None,
     max_drop: MaxDropOpt = None,
     min_speedup: MinSpeedupOpt = None,
@@ -160,6 +191,9 @@ def bench_command(
             baseline=baseline,
             latency_tolerance=latency_tolerance,
             accuracy_tolerance=accuracy_tolerance,
+            precision=precision,
+            time_budget=time_budget,
+            inconclusive=inconclusive.value,
         )
         report, gate_error = gated(
             lambda: bench_model(
@@ -222,7 +256,7 @@ def show(report: BenchReport, format: OutputFormat, per_layer: bool) -> None:
         return
     from qcli import tables
 
-    shown, lines = tables.bench_tables(report), tables.gate_lines(report)
+    shown, lines = tables.bench_tables(report), tables.measurement_lines(report) + tables.gate_lines(report)
     if report.report_html:
         lines.insert(0, f"HTML report: {report.report_html}")
     if per_layer:

@@ -28,6 +28,7 @@ class OutputFormat(str, Enum):
 Mode = Enum("Mode", {m.replace("-", "_"): m for m in options.MODES}, type=str)  # type: ignore[misc]
 Method = Enum("Method", {m: m for m in options.METHODS}, type=str)  # type: ignore[misc]
 Form = Enum("Form", {f: f for f in options.FORMS}, type=str)  # type: ignore[misc]
+Inconclusive = Enum("Inconclusive", {v: v for v in options.INCONCLUSIVE}, type=str)  # type: ignore[misc]
 
 
 def batch_sizes_text(sizes: tuple[int, ...]) -> str:
@@ -38,6 +39,7 @@ CALIBRATION = options.CalibrationOptions()
 CONVERT = options.ConvertOptions()
 BENCH = options.BenchOptions()
 DEFAULT_MODE, DEFAULT_METHOD, DEFAULT_FORM = Mode(CALIBRATION.mode), Method(CONVERT.method), Form(CONVERT.form)
+DEFAULT_INCONCLUSIVE = Inconclusive(BENCH.inconclusive)
 PACKAGE_BATCH_SIZES, BENCH_BATCH_SIZES = (
     batch_sizes_text(CONVERT.package_batch_sizes),
     batch_sizes_text(BENCH.batch_sizes),
