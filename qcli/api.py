@@ -42,6 +42,7 @@ from qcli.reports import (
     InspectArtifactReport,
     InspectModelReport,
     ModelInfo,
+    Resources,
     StatsFile,
     WrittenFile,
 )
@@ -428,6 +429,8 @@ class BenchSubjects:
     meta: dict[str, Any]  # the artifact's metadata
     loaded: LoadedModel
     artifact: Any  # qcli.artifact.Artifact
+    fp32_load: tuple[float, float] | None  # seconds, resident MiB added (None: loaded earlier)
+    int8_load: tuple[float, float]
 
     def evaluate(self, folder: SampleFolder, limit: int | None, track: Track) -> Any:
         """FP32 against INT8 on an evaluation folder (``qcli.evaluate``)."""
@@ -458,16 +461,21 @@ def _bench_subjects(
                 "model (qcli does not import code a file names), or {trust_model} if you trust the artifact"
             )
         arch = ArchSpec(source["arch"], source.get("arch_kwargs") or {})
+    import torch  # noqa: F401  (imported first: its own import is not the model's loading time)
+
+    fp32_loading = bench.Loading.start() if loaded is None else None
     if loaded is None:
         loaded = load_model(model, arch, trust_model)
+    fp32_load = fp32_loading.done() if fp32_loading is not None else None
     if source.get("sha256") and source["sha256"] != loaded.sha256:
         raise OptionError(
             f"artifact '{artifact_path}' was made from another model (sha256 {source['sha256'][:12]}…); "
             "pass the FP32 model it was converted from"
         )
     bench.check_batch_sizes(meta, artifact_path, options.batch_sizes)
+    int8_loading = bench.Loading.start()
     artifact = load_artifact(artifact_path, trust_model=trust_model)
-    return BenchSubjects(model, artifact_path, meta, loaded, artifact)
+    return BenchSubjects(model, artifact_path, meta, loaded, artifact, fp32_load, int8_loading.done())
 
 
 def _measure(
@@ -482,8 +490,18 @@ def _measure(
     spec = infer_input_spec(loaded.module)
     example = bench.example_inputs(meta, spec, samples_dir, recipe.preprocess)
     sizes = list(options.batch_sizes)
-    fp32_package, fp32_size = bench.compile_fp32_package(loaded.module, example[:2], spec, sizes, workdir)
+    fp32_package, fp32_size, fp32_compiled_load = bench.compile_fp32_package(
+        loaded.module, example[:2], spec, sizes, workdir
+    )
     runners = {bench.FP32_EAGER: loaded.module, bench.FP32_COMPILED: fp32_package, bench.INT8: subjects.artifact.run}
+    first = bench.make_inputs(example, sizes[0])
+    resources = Resources.of(
+        subjects.fp32_load,
+        fp32_compiled_load,
+        subjects.int8_load,
+        bench.first_call_ms(fp32_package, first),
+        bench.first_call_ms(subjects.artifact.run, first),
+    )
     warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads())] if w]
     plan = bench.Plan(options.warmup, options.runs, options.precision, options.time_budget, options.min_speedup)
     timings = bench.benchmark(runners, example, sizes, plan)
@@ -499,6 +517,7 @@ def _measure(
         per_layer=meta.get("per_layer"),
         suggested_exclude=meta.get("suggested_exclude") or [],
         warnings=warnings,
+        resources=resources.with_peak(bench.peak_rss_mib()),
     )
 
 

@@ -188,9 +188,10 @@ def measure(runners: dict[str, Callable[..., Any]], inputs: tuple[Tensor, ...], 
 
 def compile_fp32_package(
     module: Module, example: tuple[Tensor, ...], spec: InputSpec, batch_sizes: list[int], workdir: Path
-) -> tuple[Callable[..., Any], int]:
+) -> tuple[Callable[..., Any], int, tuple[float, float]]:
     """The FP32 model compiled exactly like the INT8 artifact (export, AOTInductor package with
-    frozen weights under no_grad, one model per batch size); returns its runner and file size."""
+    frozen weights under no_grad, one model per batch size); returns its runner, file size, and
+    the seconds and resident MiB its loading took."""
     import torch
 
     from qcli.artifact import base_metadata, load_artifact, write_package
@@ -203,7 +204,56 @@ def compile_fp32_package(
     graph.protect_inputs(module_graph)
     path = workdir / "fp32.pt2"
     write_package(module_graph, example, path, {**base_metadata(), "mode": "fp32"}, batch_sizes)
-    return load_artifact(path).run, path.stat().st_size
+    loading = Loading.start()
+    runner = load_artifact(path).run
+    return runner, path.stat().st_size, loading.done()
+
+
+def rss_mib() -> float | None:
+    """This process's resident memory now, in MiB (Linux ``/proc/self/statm``; None elsewhere)."""
+    import os
+
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Loading:
+    """Seconds and resident memory added while something loads: ``Loading.start()`` ... ``.done()``."""
+
+    t0: float
+    rss0: float | None
+
+    @classmethod
+    def start(cls) -> Loading:
+        return cls(time.perf_counter(), rss_mib())
+
+    def done(self) -> tuple[float, float]:
+        now = rss_mib()
+        added = now - self.rss0 if now is not None and self.rss0 is not None else math.nan
+        return time.perf_counter() - self.t0, added
+
+
+def first_call_ms(runner: Callable[..., Any], inputs: tuple[Tensor, ...]) -> float:
+    """The first call's time, in ms: what a service pays on its first request after loading."""
+    import torch
+
+    args = [t.clone() for t in inputs]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        runner(*args)
+    return (time.perf_counter() - t0) * 1e3
 
 
 def thread_warning(meta: dict[str, Any], threads: int) -> str | None:

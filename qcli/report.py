@@ -168,7 +168,13 @@ def _sizes(report: BenchReport) -> list[str]:
         ("INT8 artifact", report.artifact.size_bytes, COLORS["int8"]),
     ]
     bars = [(label, size / 2**20, color) for label, size, color in items if size]
-    return ["<h2>File sizes</h2>", bar_chart("size on disk", bars, "MiB"), _table(tables.sizes_table(report))]
+    resources = tables.resources_table(report)
+    return [
+        "<h2>File sizes, loading and memory</h2>",
+        bar_chart("size on disk", bars, "MiB"),
+        _table(tables.sizes_table(report)),
+        *([_table(resources)] if resources is not None else []),
+    ]
 
 
 def _baseline(report: BenchReport) -> list[str]:

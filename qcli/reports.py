@@ -215,6 +215,48 @@ class BaselineReport:
     comparisons: list[Comparison]
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What loading and first use cost, besides the latency: seconds and resident memory (MiB)
+    added while each form loaded, the first call after loading, and the run's peak memory."""
+
+    fp32_model_load_seconds: float | None
+    fp32_model_rss_mib: float | None
+    fp32_compiled_load_seconds: float
+    fp32_compiled_rss_mib: float | None
+    int8_load_seconds: float
+    int8_rss_mib: float | None
+    fp32_compiled_first_call_ms: float
+    int8_first_call_ms: float
+    peak_rss_mib: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        fp32: tuple[float, float] | None,
+        compiled: tuple[float, float],
+        int8: tuple[float, float],
+        compiled_first_ms: float,
+        int8_first_ms: float,
+    ) -> Resources:
+        def mib(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 1)
+
+        return cls(
+            round(fp32[0], 4) if fp32 else None,
+            mib(fp32[1]) if fp32 else None,
+            round(compiled[0], 4),
+            mib(compiled[1]),
+            round(int8[0], 4),
+            mib(int8[1]),
+            round(compiled_first_ms, 3),
+            round(int8_first_ms, 3),
+        )
+
+    def with_peak(self, peak: float) -> Resources:
+        return dataclasses.replace(self, peak_rss_mib=round(peak, 1))
+
+
 @dataclass
 class BenchReport(Report):
     command: ClassVar[str] = "bench"
@@ -230,6 +272,7 @@ class BenchReport(Report):
     warnings: list[str] = field(default_factory=list)
     baseline: BaselineReport | None = None
     report_html: str | None = None
+    resources: Resources | None = None
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,22 @@ def sizes_table(report: BenchReport) -> Table:
     return Table("Sizes", ["file", "size"], rows)
 
 
+def resources_table(report: BenchReport) -> Table | None:
+    """Loading and first call: what a service pays before its first answer."""
+    r = report.resources
+    if r is None:
+        return None
+    rows = [
+        ["FP32 model", fmt(r.fp32_model_load_seconds, 3), fmt(r.fp32_model_rss_mib, 1), "-"],
+        ["FP32 compiled package", fmt(r.fp32_compiled_load_seconds, 3), fmt(r.fp32_compiled_rss_mib, 1),
+         fmt(r.fp32_compiled_first_call_ms, 2)],
+        [f"INT8 artifact ({report.artifact.form})", fmt(r.int8_load_seconds, 3), fmt(r.int8_rss_mib, 1),
+         fmt(r.int8_first_call_ms, 2)],
+    ]  # fmt: skip
+    title = f"Loading and first call (peak memory of the run {fmt(r.peak_rss_mib, 1)} MiB)"
+    return Table(title, ["variant", "load s", "memory added MiB", "first call ms"], rows)
+
+
 def baseline_table(baseline: BaselineReport | None) -> Table | None:
     if baseline is None:
         return None
@@ -143,7 +159,13 @@ def baseline_table(baseline: BaselineReport | None) -> Table | None:
 
 def bench_tables(report: BenchReport) -> list[Table]:
     """Latency, accuracy, sizes and the baseline comparison, in that order (those measured)."""
-    tables = [latency_table(report), accuracy_table(report), sizes_table(report), baseline_table(report.baseline)]
+    tables = [
+        latency_table(report),
+        accuracy_table(report),
+        sizes_table(report),
+        resources_table(report),
+        baseline_table(report.baseline),
+    ]
     return [t for t in tables if t is not None]
 
 

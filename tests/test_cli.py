@@ -118,6 +118,10 @@ def test_bench_gate_fails_with_exit_3_and_still_reports(bench_run):
     assert [lat["batch_size"] for lat in report["latency"]] == [1, 16]
     assert set(report["latency"][0]["variants"]) == {"fp32_eager", "fp32_compiled", "int8"}
     assert report["environment"]["threads"] >= 1 and report["environment"]["torch_version"]
+    resources = report["resources"]  # loading and first call, measured in the same run
+    assert resources["int8_load_seconds"] > 0 and resources["int8_first_call_ms"] > 0
+    assert resources["fp32_compiled_first_call_ms"] > 0 and resources["peak_rss_mib"] > 100  # torch alone is more
+    assert resources["int8_rss_mib"] is not None and resources["fp32_model_rss_mib"] is not None
     assert "--min-speedup" in proc.stderr.strip().splitlines()[-1]
     assert proc.stderr.strip().splitlines()[-1].startswith("qcli: error: ")
 
