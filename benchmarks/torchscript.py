@@ -39,7 +39,7 @@ def run(*args: str) -> int:
 def compare(name: str, spec: dict, artifacts: dict[str, Path], results: Path) -> list[str]:
     """Both artifacts in this process: accuracy on the evaluation folder, then latency interleaved."""
     from qcli.artifact import load_artifact
-    from qcli.bench import time_interleaved
+    from qcli.bench import Plan, measure
     from qcli.config import Recipe, load_recipe
     from qcli.data import SampleFolder, infer_input_spec
     from qcli.evaluate import evaluate
@@ -59,7 +59,8 @@ def compare(name: str, spec: dict, artifacts: dict[str, Path], results: Path) ->
     for batch in (1, 16):
         x = example[[i % len(example) for i in range(batch)]].contiguous()
         runners = {route: artifact.run for route, artifact in loaded.items()}
-        times = time_interleaved(runners, (x,), warmup=3, runs=40 if batch == 1 else 20)
+        # neither route is named INT8/FP32, so `measure` has no ratio to refine: it runs the minimum
+        times = measure(runners, (x,), Plan(warmup=3, min_rounds=40 if batch == 1 else 20)).times
         medians = {route: 1e3 * statistics.median(t) for route, t in times.items()}
         report["latency"].append({"batch": batch, "median_ms": medians})
         acc = report["accuracy"]

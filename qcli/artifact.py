@@ -32,7 +32,7 @@ from qcli import __version__, engine, hardware, private
 from qcli import graph as graph_helpers
 from qcli.errors import ArtifactError
 from qcli.files import atomic_output, fix_serialization_id, require_file
-from qcli.load import AOTI_PACKAGE, EXPORTED_PROGRAM, QCLI_EXTRA, detect_format
+from qcli.load import AOTI_PACKAGE, EXPORTED_PROGRAM, QCLI_EXTRA, detect_format, first_line
 
 if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
     from torch import Tensor
@@ -177,8 +177,9 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
     for key in ("per_layer", "suggested_exclude", "outputs"):
         if meta.get(key) is not None and not isinstance(meta[key], list):
             return key
-    if not all(isinstance(row, dict) for key in ("per_layer", "outputs") for row in meta.get(key) or []):
-        return "per_layer"
+    for key in ("per_layer", "outputs"):
+        if not all(isinstance(row, dict) for row in meta.get(key) or []):
+            return key
     for key in ("source", "calibration", "config"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return key
@@ -556,7 +557,7 @@ class CompiledCache:
             with engine.quiet():
                 return package_runner(package, "model")
         except Exception as exc:  # a damaged or foreign file: compile the shape again
-            log.warning("compile cache entry '%s' cannot be used (%s); compiling it again", package, _first(exc))
+            log.warning("compile cache entry '%s' cannot be used (%s); compiling it again", package, first_line(exc))
             package.unlink(missing_ok=True)
             return None
 
@@ -585,7 +586,3 @@ class CompiledCache:
         for leftover in self.folder.glob(".*.tmp"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _first(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

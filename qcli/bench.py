@@ -174,8 +174,7 @@ def measure(runners: dict[str, Callable[..., Any]], inputs: tuple[Tensor, ...], 
         if budget is None:
             budget = min(120.0, max(10.0, 30 * (time.perf_counter() - start)))
         stopped_by = "rounds"
-        while len(times[INT8 if INT8 in times else next(iter(times))]) < plan.max_rounds:
-            done = len(next(iter(times.values())))
+        for done in range(1, plan.max_rounds):  # rounds finished so far
             if done >= plan.min_rounds and done % plan.check_every == 0 and _settled(times, plan):
                 stopped_by = "precision"
                 break

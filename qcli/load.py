@@ -202,7 +202,7 @@ def _load_torchscript(path: Path, arch: ArchSpec | None) -> Any:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(
-                f"TorchScript archive '{path}' cannot be loaded: {_first_line(exc)}", path=path
+                f"TorchScript archive '{path}' cannot be loaded: {first_line(exc)}", path=path
             ) from exc
 
 
@@ -214,7 +214,7 @@ def _load_exported(path: Path, arch: ArchSpec | None) -> Any:
     try:
         return torch.export.load(str(path)).module()
     except Exception as exc:
-        raise ModelLoadError(f"exported program '{path}' cannot be loaded: {_first_line(exc)}", path=path) from exc
+        raise ModelLoadError(f"exported program '{path}' cannot be loaded: {first_line(exc)}", path=path) from exc
 
 
 @loader(STATE_DICT)
@@ -234,7 +234,7 @@ def _load_torch_state_dict(path: Path, arch: ArchSpec | None) -> Any:
             path=path,
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(f"'{path}' cannot be read as a torch.save file: {_first_line(exc)}", path=path) from exc
+        raise ModelLoadError(f"'{path}' cannot be read as a torch.save file: {first_line(exc)}", path=path) from exc
     return _build_from_state_dict(_unwrap_state_dict(obj, path), path, arch)
 
 
@@ -305,6 +305,6 @@ def check_state_dict(expected: dict[str, Any], given: dict[str, Any], path: Path
     )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

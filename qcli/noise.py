@@ -40,15 +40,6 @@ class Noise:
     disturbed: bool
     reason: str | None  # why the run is flagged, with the figure
 
-    def merge(self, other: Noise) -> Noise:
-        """Two measurements as one (weighted by their wall time)."""
-        total = self.seconds + other.seconds or 1.0
-        own = (self.own_cores * self.seconds + other.own_cores * other.seconds) / total
-        others = None
-        if self.other_cores is not None and other.other_cores is not None:
-            others = (self.other_cores * self.seconds + other.other_cores * other.seconds) / total
-        return _noise(self.seconds + other.seconds, own, others, other.load_average)
-
 
 def _noise(seconds: float, own: float, others: float | None, load: float | None) -> Noise:
     disturbed = others is not None and others > DISTURBED_CORES

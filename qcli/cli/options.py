@@ -44,7 +44,7 @@ PACKAGE_BATCH_SIZES, BENCH_BATCH_SIZES = (
     batch_sizes_text(CONVERT.package_batch_sizes),
     batch_sizes_text(BENCH.batch_sizes),
 )
-SEARCH_MAX_TRIALS = 20  # SearchOptions.max_trials (SearchOptions has required fields, so no instance)
+SEARCH_MAX_TRIALS = options.SearchOptions.max_trials  # its default (the class has required fields)
 
 
 ModelArg = Annotated[
