@@ -15,7 +15,10 @@ batch 1 and 16, with 1 and 2 threads:
   S8 weights as ORT recommends for x86) calibrated on the same samples as qcli;
 - ``ort_fp32_spin`` / ``ort_int8_spin``: the same sessions with ORT's default spinning, which is
   how a user gets ORT out of the box: without spinning ORT is handicapped at small batches, with it
-  the variants measured after it in a round are (both are reported);
+  whatever runs right after it in the process is slowed by the spinning threads. So they are
+  measured apart, against qcli's variants only, in blocks of 5 calls per variant and round (each
+  round keeps the block's median): ORT's spinning helps its own next call, as in a serving loop,
+  and the one qcli call its still-spinning threads slow down is dropped by the median;
 - ``torchao_fx_int8``: PyTorch's deprecated ``torch.ao`` FX INT8 (x86 qconfig) on the same
   samples; the encoder cannot be FX-traced (shape-dependent views), so for it this is
   ``torch.ao``'s eager dynamic INT8 of the Linear layers, the path its docs give for transformers;
@@ -30,8 +33,9 @@ Variants run interleaved (the order rotates every round) after warm-up, for at l
 (batch 1) or 15 (batch 16) and then until qcli's ratio to every peer is known to +-5% (95%
 interval, paired bootstrap over rounds: ``qcli.metrics.ratio_interval``) or 20 s per cell. The
 table shows medians and ratios; a ratio is bold only where its interval excludes 1 (a winner), and
-marked ``~`` where it does not. benchmarks/results/peers.json holds every figure, interval and the
-environment.
+marked ``~`` where it does not, and "(disturbed)" where another program used more than a quarter
+of a core meanwhile (``qcli.noise``). benchmarks/results/peers.json holds every figure, interval,
+the noise figures and the environment.
 """
 
 from __future__ import annotations
@@ -211,7 +215,14 @@ def settled(times: dict[str, list[float]]) -> bool:
     return True
 
 
-def interleaved(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+def interleaved(
+    runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3, block: int = 1
+) -> dict[str, list[float]]:
+    """Rounds of calls to every runner, the order rotated each round. With ``block`` > 1 each
+    runner is called ``block`` times in a row per round and the round keeps the block's median:
+    how ORT's spinning sessions are measured, so that their spinning helps their own next call
+    (as in a serving loop) and the block median drops the one call of the next runner that the
+    still-spinning threads slow down."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
@@ -221,9 +232,12 @@ def interleaved(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int 
     while r < rounds or (time.perf_counter() - start < BUDGET and not (r % 5 == 0 and settled(times))):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            t0 = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - t0)
+            calls = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                runners[name]()
+                calls.append(time.perf_counter() - t0)
+            times[name].append(statistics.median(calls))
         r += 1
     return times
 
@@ -234,6 +248,38 @@ def cell(times: dict[str, list[float]]) -> dict[str, Any]:
     medians = {k: [round(1e3 * x, 4) for x in median_interval(v)] for k, v in times.items()}
     ratios = {k: [round(x, 4) for x in ratio_interval(v, times[best])] for k, v in times.items() if k != best}
     return {"qcli": best, "median_ms": medians, "qcli_ratio": ratios, "rounds": len(times[best])}
+
+
+SPIN = ("ort_fp32_spin", "ort_int8_spin")
+SPIN_BLOCK = 5
+
+
+def measure_cell(runners: dict[str, Callable[[], Any]], batch: int) -> dict[str, Any]:
+    """Two measurements: every variant but ORT's spinning sessions interleaved call by call; then
+    the spinning sessions against qcli's in blocks (``interleaved``), as a spinning thread pool
+    slows whatever runs right after it. Each with what else used the CPU meanwhile."""
+    from qcli.noise import Monitor
+
+    quiet = {k: v for k, v in runners.items() if k not in SPIN}
+    rounds = 40 if batch == 1 else 15
+    with warnings.catch_warnings(), Monitor() as first:
+        warnings.simplefilter("ignore")
+        times = interleaved(quiet, rounds)
+    result = cell(times)
+    own = [k for k in runners if k.startswith("qcli") and k != "qcli_int8_load_package"]
+    spinning = {k: v for k, v in runners.items() if k in SPIN or k in own}
+    with warnings.catch_warnings(), Monitor() as second:
+        warnings.simplefilter("ignore")
+        spin_times = interleaved(spinning, max(10, rounds // 2), block=SPIN_BLOCK)
+    best = result["qcli"]
+    for k in SPIN:
+        if k in spin_times:
+            result["median_ms"][k] = [round(1e3 * x, 4) for x in median_interval(spin_times[k])]
+            result["qcli_ratio"][k] = [round(x, 4) for x in ratio_interval(spin_times[k], spin_times[best])]
+    result["spin_rounds"] = len(spin_times[best])
+    result["qcli_median_ms_beside_spin"] = [round(1e3 * x, 4) for x in median_interval(spin_times[best])]
+    result["noise"] = {"interleaved": vars(first.noise), "spinning": vars(second.noise)}
+    return result
 
 
 def main() -> int:
@@ -293,16 +339,15 @@ def main() -> int:
                     }
                     for variant, models in qcli.items():
                         runners[variant] = run_torch(models[batch])
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        times = interleaved(runners, rounds=40 if batch == 1 else 15)
-                    result = {"threads": threads, "batch": batch, **cell(times)}
+                    result = {"threads": threads, "batch": batch, **measure_cell(runners, batch)}
                     entry["runs"].append(result)
                     rows.append((name, threads, batch, result))
                     medians = result["median_ms"]
+                    disturbed = [w for w, n in result["noise"].items() if n["disturbed"]]
                     print(
                         f"  threads {threads} batch {batch} ({result['rounds']} rounds): "
-                        + ", ".join(f"{k} {v[0]:.2f}" for k, v in medians.items()),
+                        + ", ".join(f"{k} {v[0]:.2f}" for k, v in medians.items())
+                        + (f"; DISTURBED ({', '.join(disturbed)})" if disturbed else ""),
                         flush=True,
                     )
             report["models"][name] = entry
@@ -334,6 +379,8 @@ def print_table(rows: list[tuple[str, int, int, dict[str, Any]]]) -> None:
         if best != "qcli_int8":
             cells[-1] += f" ({best.removeprefix('qcli_int8_')}: {m[best][0]:.2f})"
         ratios = [ratio_cell(result["qcli_ratio"].get(p)) for p in peers]
+        if any(n["disturbed"] for n in result.get("noise", {}).values()):
+            ratios[-1] += " (disturbed)"
         print(f"| {name} | {threads} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 
 
