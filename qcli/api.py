@@ -165,6 +165,13 @@ def convert_model_file(
     from qcli.convert import resolve_excludes
 
     excluded = resolve_excludes(loaded.module, options.exclude)
+    if options.search is not None:  # a judge that cannot work fails now, not after calibrating
+        from qcli.evaluate import check_folder
+
+        check_folder(
+            options.search.judge,
+            SampleFolder.open(options.search.eval_dir, recipe.preprocess, what="evaluation folder"),
+        )
     if stats is not None:
         source = _from_stats(loaded, Path(stats), excluded, options)
     else:
@@ -244,11 +251,20 @@ def _search(loaded: LoadedModel, source: Calibrated, options: ConvertOptions, re
     folder = SampleFolder.open(search_options.eval_dir, recipe.preprocess, what="evaluation folder")
     prepared = source.prepared
 
+    warnings: list[str] = []
+    mismatch = preprocess_warning(source.config, recipe, folder, "calibration")
+    warnings += [mismatch] if mismatch else []
+
     def evaluate_int8(converted: GraphModule) -> Any:
-        return evaluate(loaded.module, converted, folder, prepared.spec, limit=search_options.eval_limit)
+        accuracy = evaluate(
+            loaded.module, converted, folder, prepared.spec, judge=search_options.judge, limit=search_options.eval_limit
+        )
+        warnings.extend(w for w in accuracy.warnings if w not in warnings)
+        return accuracy
 
     searcher = Searcher(loaded, prepared, source.samples, evaluate_int8, options.method, options.percentile)
     result = search(searcher, search_options)
+    result.warnings = warnings
     if result.best.excluded != prepared.exclude:
         best = prepare(loaded, prepared.example, prepared.spec, prepared.mode, result.best.excluded, prepared.weights)
         apply_stats(best, snapshot(prepared, loaded), loaded.sha256, fill_from=source.samples)
@@ -281,6 +297,7 @@ def _convert(
         suggested_exclude=meta.get("suggested_exclude") or [],
         search=meta.get("search"),
         bias_correction=meta.get("bias_correction"),
+        warnings=list(searched.warnings) if searched is not None else [],
     )
 
 
@@ -356,10 +373,13 @@ def bench_model(
     if previous is not None:
         _check_common_ground(previous, options, evaluation is not None)
     use_threads(options.threads)
-    if evaluation is not None:  # a bad pairs.csv fails now, not after minutes of compiling
+    if evaluation is not None:  # a bad pairs.csv or metric fails now, not after minutes of compiling
         from qcli.data import read_pairs
+        from qcli.evaluate import check_folder
 
-        read_pairs(SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder"))
+        folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
+        read_pairs(folder)
+        check_folder(options.judge, folder)
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
         artifact, loaded = _bench_artifact(
@@ -369,7 +389,10 @@ def bench_model(
         report = _measure(subjects, evaluation or _path(calib_dir), recipe, options, workdir)
         if evaluation is not None:
             folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
-            report.accuracy = subjects.evaluate(folder, options.eval_limit, track)
+            report.accuracy = subjects.evaluate(folder, options, track)
+            report.warnings += report.accuracy.warnings
+            mismatch = preprocess_warning(subjects.meta.get("config"), recipe, folder, "the artifact's calibration")
+            report.warnings += [mismatch] if mismatch else []
     _apply_gates(report, options, previous)
     raise_for_gates(report)
     return report
@@ -432,12 +455,37 @@ class BenchSubjects:
     fp32_load: tuple[float, float] | None  # seconds, resident MiB added (None: loaded earlier)
     int8_load: tuple[float, float]
 
-    def evaluate(self, folder: SampleFolder, limit: int | None, track: Track) -> Any:
+    def evaluate(self, folder: SampleFolder, options: BenchOptions, track: Track) -> Any:
         """FP32 against INT8 on an evaluation folder (``qcli.evaluate``)."""
         from qcli.evaluate import evaluate
 
         spec = infer_input_spec(self.loaded.module)
-        return evaluate(self.loaded.module, self.artifact.run, folder, spec, limit=limit, track=track)
+        return evaluate(
+            self.loaded.module, self.artifact.run, folder, spec, judge=options.judge, limit=options.eval_limit,
+            track=track,
+        )  # fmt: skip
+
+
+def preprocess_warning(recorded: Any, recipe: Recipe, folder: SampleFolder, where: str) -> str | None:
+    """A warning when images are read with other preprocessing than ``where`` recorded: almost
+    always a forgotten or wrong ``--config``."""
+    from qcli.data import IMAGE_EXTS
+
+    before = recorded.get("preprocess") if isinstance(recorded, dict) else None
+    if not isinstance(before, dict) or not any(p.suffix.lower() in IMAGE_EXTS for p in folder.files):
+        return None
+    from qcli.config import PreprocessConfig
+
+    before = {**PreprocessConfig().to_dict(), **before}  # keys added since: their defaults
+    now = recipe.preprocess.to_dict()
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if not changed:
+        return None
+    shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+    return (
+        f"the images are preprocessed differently from {where} ({shown}); pass the recipe used then "
+        "with --config, or the figures judge other inputs than the model was calibrated on"
+    )
 
 
 def _bench_subjects(
@@ -490,9 +538,13 @@ def _measure(
     spec = infer_input_spec(loaded.module)
     example = bench.example_inputs(meta, spec, samples_dir, recipe.preprocess)
     sizes = list(options.batch_sizes)
-    fp32_package, fp32_size, fp32_compiled_load = bench.compile_fp32_package(
-        loaded.module, example[:2], spec, sizes, workdir
-    )
+    # compiled the way the artifact runs: a program compiles on first call unless a compile cache
+    # turns it into packages (then FP32 is a package too)
+    from qcli.artifact import CompiledCache
+
+    cached = isinstance(subjects.artifact.runner, CompiledCache)
+    how = "program" if meta["form"] == "program" and not cached else "package"
+    fp32_package, fp32_size, fp32_compiled_load = bench.compile_fp32(loaded.module, example, spec, sizes, workdir, how)
     runners = {bench.FP32_EAGER: loaded.module, bench.FP32_COMPILED: fp32_package, bench.INT8: subjects.artifact.run}
     first = bench.make_inputs(example, sizes[0])
     resources = Resources.of(
@@ -510,6 +562,7 @@ def _measure(
         model=ModelInfo.of(subjects.model_path, loaded),
         artifact=ArtifactInfo(str(path), meta["form"], meta.get("mode"), path.stat().st_size),
         fp32_compiled_size_bytes=fp32_size,
+        fp32_compiled_form=how,
         environment=bench.environment(),
         latency=timings,
         accuracy=None,

@@ -8,8 +8,10 @@ Compared figures (only those present in both reports):
   the baseline's speed-up less the same fraction (machine noise moves both variants, so the ratio
   is the steadier figure);
 - a latency figure whose interval straddles the line is undecided (``verdict: inconclusive``);
-- INT8 top-1 accuracy (labeled folders) or top-1 agreement with FP32 (unlabeled): regressed when it
-  fell by more than the accuracy tolerance, in points.
+- INT8's figure of the primary metric (``qcli.evaluate``: top-1, agreement, SQNR, AUC, ...), when
+  both reports judged by the same metric and output: regressed when it fell by more than the
+  accuracy tolerance, in the points ``--max-drop`` uses for that metric (``score_points``); reports
+  from before the metric was recorded compare INT8 top-1 (labeled) or top-1 agreement (unlabeled).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from qcli.bench import Interval
 from qcli.errors import QcliError
+from qcli.evaluate import Score, noise_points
 from qcli.metrics import verdict
 from qcli.reports import SCHEMA_VERSION, BenchReport, Comparison
 
@@ -87,13 +90,35 @@ def compare(
             decided = verdict(found.low, found.high, then_x * (1 - latency_tolerance))
             rows.append(_row(f"speedup vs FP32 compiled at batch {b}", then_x, found.value, fall, "%", decided))
     acc_now, acc_then = current.accuracy, baseline.accuracy
-    if acc_now is not None and acc_then is not None and acc_now.labeled == acc_then.labeled:
+    now_score, then_score = (acc_now.score if acc_now else None), (acc_then.score if acc_then else None)
+    if now_score is not None and then_score is not None:
+        if (now_score.metric, now_score.output) == (then_score.metric, then_score.output):
+            change = score_points(now_score) - score_points(then_score)
+            name = SCORE_FIGURES.get(now_score.metric, f"int8 {now_score.metric}")
+            name += f" ({now_score.output})" if now_score.output not in (None, "output") else ""  # one tensor: no name
+            decided = "fail" if -change > accuracy_tolerance else "pass"
+            rows.append(_row(name, then_score.int8, now_score.int8, change, "points", decided))
+    elif acc_now is not None and acc_then is not None and acc_now.labeled == acc_then.labeled:
         key, label = ("int8_top1", "int8 top-1 %") if acc_now.labeled else ("top1_agreement", "top-1 agreement %")
         now, then = getattr(acc_now, key), getattr(acc_then, key)
         if now is not None and then is not None:
             change = now - then
             rows.append(_row(label, then, now, change, "points", "fail" if -change > accuracy_tolerance else "pass"))
     return rows
+
+
+SCORE_FIGURES = {"top1": "int8 top-1 %", "top5": "int8 top-5 %", "agreement": "top-1 agreement %"}
+
+
+def score_points(score: Score) -> float:
+    """INT8's figure on a scale where higher is better and a point means what ``--max-drop``'s
+    points mean for the metric (``qcli.evaluate``): percentages as they are, fractions x100, SQNR
+    as minus the noise's share of the power, errors negated."""
+    if score.metric in ("auc", "spearman", "cosine"):
+        return 100.0 * score.int8
+    if score.metric == "sqnr":
+        return -noise_points(score.int8)
+    return score.int8 if score.higher_is_better else -score.int8
 
 
 def _row(figure: str, then: float, now: float, change: float, unit: str, decided: str) -> Comparison:

@@ -16,6 +16,8 @@ from typing import Any
 from qcli.errors import ConfigError
 
 CHANNELS = ("auto", "grayscale", "rgb")
+CHANNEL_COUNTS = {1: "grayscale", 3: "rgb"}  # channels = 1 or 3 mean the same
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 COMMAND_SECTIONS = ("calibrate", "convert", "bench", "inspect")
 
 
@@ -23,22 +25,32 @@ COMMAND_SECTIONS = ("calibrate", "convert", "bench", "inspect")
 class PreprocessConfig:
     """How an image file becomes a CHW float tensor.
 
-    Pixels are scaled to [0, 1]; ``resize`` scales the shorter side to that many pixels (bilinear);
+    Pixels are scaled to [0, 1]; ``resize`` scales the shorter side to that many pixels with
+    ``interpolation`` (bilinear, bicubic as EfficientNet-family evaluations use, or nearest);
     ``center_crop`` then cuts a square of that size; ``mean``/``std`` normalise per channel (one value
     applies to every channel). ``channels="auto"`` follows the model's first convolution (1 input
-    channel → grayscale, otherwise RGB).
+    channel → grayscale, otherwise RGB); 1 and 3 are read as grayscale and rgb.
     """
 
     channels: str = "auto"
     resize: int | None = None
+    interpolation: str = "bilinear"
     center_crop: int | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        if isinstance(self.channels, int) and not isinstance(self.channels, bool) and self.channels in CHANNEL_COUNTS:
+            object.__setattr__(self, "channels", CHANNEL_COUNTS[self.channels])
         if self.channels not in CHANNELS:
             raise ConfigError(
-                f"preprocess.channels must be one of {', '.join(CHANNELS)}, not '{self.channels}'", key="channels"
+                f"preprocess.channels must be one of {', '.join(CHANNELS)} (or 1, 3), not {self.channels!r}",
+                key="channels",
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"preprocess.interpolation must be one of {', '.join(INTERPOLATIONS)}, not {self.interpolation!r}",
+                key="interpolation",
             )
         for key in ("resize", "center_crop"):
             value = getattr(self, key)

@@ -212,7 +212,8 @@ def read_image(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[d
             if pre.resize:
                 w, h = img.size
                 scale = pre.resize / min(w, h)
-                img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+                method = getattr(Image.Resampling, pre.interpolation.upper())
+                img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), method)
             if pre.center_crop:
                 w, h = img.size
                 c = pre.center_crop
@@ -436,3 +437,50 @@ def read_pairs(folder: SampleFolder) -> list[tuple[str, str, float]] | None:
     if len(pairs) < 2:
         raise DataError(f"'{path}' needs at least two scored pairs for a rank correlation", path=path)
     return pairs
+
+
+TARGETS_FILE = "targets.csv"
+
+
+def read_targets(folder: SampleFolder) -> dict[str, list[float]] | None:
+    """Regression targets of an evaluation folder, or ``None`` when it has no ``targets.csv``.
+
+    ``targets.csv`` has a header whose first column is ``file`` and whose other columns are the
+    target values of that sample file (one sample per file), in the order of the chosen output's
+    values: ``file,target`` for one number per sample, ``file,x,y,w,h`` for four.
+    """
+    import csv
+
+    path = folder.root / TARGETS_FILE
+    if not path.is_file():
+        return None
+    known = {folder._rel(p) for p in folder.files}
+    targets: dict[str, list[float]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            if not header or header[0].strip() != "file" or len(header) < 2:
+                raise DataError(f"'{path}' must start with the header file,<target>[,<target>...]", path=path)
+            for line, row in enumerate(rows, start=2):
+                if not row:
+                    continue
+                name = row[0].strip()
+                if name not in known:
+                    raise DataError(f"'{path}' line {line}: '{name}' is not a sample file of the folder", path=path)
+                if len(row) != len(header):
+                    raise DataError(
+                        f"'{path}' line {line}: {len(row)} columns, the header has {len(header)}", path=path
+                    )
+                try:
+                    values = [float(v) for v in row[1:]]
+                except ValueError:
+                    raise DataError(f"'{path}' line {line}: a target is not a number", path=path) from None
+                if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+                    raise DataError(f"'{path}' line {line}: targets must be finite numbers", path=path)
+                targets[name] = values
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not UTF-8 text", path=path) from None
+    if not targets:
+        raise DataError(f"'{path}' holds no targets", path=path)
+    return targets

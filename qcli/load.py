@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qcli.errors import ArchError, ModelLoadError, StateDictMismatch, UnknownFormat
+from qcli.errors import ArchError, ModelLoadError, QcliError, StateDictMismatch, UnknownFormat
 from qcli.files import require_file, sha256_file
 
 TORCHSCRIPT = "torchscript"
@@ -26,6 +26,30 @@ SAFETENSORS = "safetensors"
 EXPORTED_PROGRAM = "exported-program"
 AOTI_PACKAGE = "aoti-package"
 QCLI_EXTRA = "qcli.json"  # name of qcli's metadata file inside an exported program
+
+
+def import_target(target: str, flag: str, error: type[QcliError] = ArchError) -> Any:
+    """The object ``module.path:attr`` names, imported the way ``python -m`` would find modules
+    next to the user (the working folder is on ``sys.path`` only for this import, so later imports
+    in the process cannot pick up files from it). Errors name ``flag``."""
+    module_name, _, attr = target.partition(":")
+    cwd = str(Path.cwd())
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error raised while importing user code
+        raise error(f"{flag} '{target}': cannot import '{module_name}': {exc}") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    found: Any = module
+    for part in attr.split("."):
+        if not hasattr(found, part):
+            raise error(f"{flag} '{target}': '{module_name}' has no attribute '{attr}'")
+        found = getattr(found, part)
+    return found
 
 
 @dataclass(frozen=True)
@@ -55,25 +79,7 @@ class ArchSpec:
     def build(self) -> Any:
         import torch
 
-        module_name, _, attr = self.target.partition(":")
-        # like `python -m`, modules next to the user resolve; only for this import, so that later
-        # imports in the process cannot pick up files from the working folder
-        cwd = str(Path.cwd())
-        added = "" not in sys.path and cwd not in sys.path
-        if added:
-            sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:  # ImportError, or any error raised while importing user code
-            raise ArchError(f"--arch '{self.target}': cannot import '{module_name}': {exc}") from exc
-        finally:
-            if added and cwd in sys.path:
-                sys.path.remove(cwd)
-        factory = module
-        for part in attr.split("."):
-            if not hasattr(factory, part):
-                raise ArchError(f"--arch '{self.target}': '{module_name}' has no attribute '{attr}'")
-            factory = getattr(factory, part)
+        factory = import_target(self.target, "--arch")
         if not callable(factory):
             raise ArchError(f"--arch '{self.target}' is not callable")
         try:

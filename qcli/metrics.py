@@ -100,6 +100,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return cov / math.sqrt(vx * vy)
 
 
+def auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive): the chance
+    that a random positive scores above a random negative, ties counting half (Mann-Whitney U
+    from the averaged ranks). ``None`` when one class is absent.
+    """
+    if len(scores) != len(labels):
+        raise ValueError(f"auc needs one score per label, not {len(scores)} and {len(labels)}")
+    positives = sum(1 for y in labels if y == 1)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    r = ranks(scores)
+    rank_sum = sum(rk for rk, y in zip(r, labels, strict=True) if y == 1)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def median_interval(
     values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:

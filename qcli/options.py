@@ -26,6 +26,8 @@ WEIGHTS = ("per-channel", "per-tensor")
 FORMS = ("package", "program", "both")
 DEFAULT_BATCH_SIZES = (1, 16)
 INCONCLUSIVE = ("error", "pass", "fail")
+# what --max-drop gates on (qcli.evaluate); "module:function" names the user's own
+METRICS = ("top1", "top5", "agreement", "sqnr", "cosine", "spearman", "auc", "mae", "rmse")
 
 
 def _positive(name: str, value: int | float | None, what: str = "positive") -> None:
@@ -64,6 +66,34 @@ class CalibrationOptions:
 
 
 @dataclass(frozen=True)
+class JudgeOptions:
+    """Which output of the model labels apply to, and the metric ``--max-drop`` gates on and the
+    search optimises (``qcli.evaluate``). ``None`` chooses: top-1 on a labeled folder and a model
+    with one ``[B, C]`` output (or the ``[B, C]`` output named); Spearman with a ``pairs.csv``;
+    MAE with a ``targets.csv``; otherwise the SQNR of every output (the worst counts).
+
+    Example:
+        >>> JudgeOptions(output_name="2", metric="auc").metric
+        'auc'
+    """
+
+    output_name: str | None = None  # an output's name ("logits", "1.boxes") or index ("0")
+    metric: str | None = None  # one of METRICS, or "module:function"
+
+    def __post_init__(self) -> None:
+        if self.metric is not None and self.metric not in METRICS and not _callable_name(self.metric):
+            raise OptionError(f"{{metric}} must be one of {', '.join(METRICS)} or module:function, not '{self.metric}'")
+        if self.output_name is not None and not str(self.output_name).strip():
+            raise OptionError("{output_name} must name an output or give its index, not an empty text")
+
+
+def _callable_name(text: str) -> bool:
+    module, _, name = text.partition(":")
+    parts = module.split(".")
+    return bool(name) and all(p.isidentifier() for p in parts) and all(p.isidentifier() for p in name.split("."))
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     """The FP32 fall-back search of ``convert``: layers go back to FP32, worst first, until the
     accuracy drop on ``eval_dir`` is within ``max_drop`` points (see ``qcli.search``).
@@ -78,6 +108,7 @@ class SearchOptions:
     eval_limit: int | None = None  # evaluate at most this many samples per trial
     max_trials: int = 20
     timeout: float | None = None  # seconds
+    judge: JudgeOptions = field(default_factory=JudgeOptions)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_drop, bool) or self.max_drop < 0:
@@ -147,7 +178,7 @@ class BenchOptions:
     warmup: int = 3  # untimed calls per variant first
     runs: int = 20  # timed calls per variant and batch size
     eval_limit: int | None = None
-    max_drop: float | None = None  # gate: accuracy points (or agreement) lost
+    max_drop: float | None = None  # gate: points of the metric lost (see JudgeOptions)
     min_speedup: float | None = None  # gate: INT8 vs FP32 compiled, every batch size
     baseline: Path | None = None  # an earlier report to compare with
     latency_tolerance: float = 0.10  # with baseline: a fraction
@@ -155,6 +186,7 @@ class BenchOptions:
     precision: float = 0.05  # measure until each INT8/FP32 ratio is known to +-5% (95% interval)
     time_budget: float | None = None  # seconds per batch size (None: 30 rounds' worth, 10-120 s)
     inconclusive: str = "error"  # what an undecided gate counts as: error (exit 4), pass or fail
+    judge: JudgeOptions = field(default_factory=JudgeOptions)  # output and metric of the accuracy gate
 
     def __post_init__(self) -> None:
         _sizes("batch_sizes", self.batch_sizes)

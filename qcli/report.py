@@ -82,26 +82,47 @@ def _table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def bar_chart(title: str, bars: list[tuple[str, float, str]], unit: str, width: int = 420) -> str:
-    """Horizontal bars (label, value, color) with their values written at the end, as inline SVG."""
+def bar_chart(
+    title: str,
+    bars: list[tuple[str, float, str]],
+    unit: str,
+    width: int = 420,
+    errors: list[tuple[float, float] | None] | None = None,
+) -> str:
+    """Horizontal bars (label, value, color) with their values written at the end, as inline SVG;
+    ``errors`` gives each bar's interval (low, high), drawn as a whisker with caps."""
     label_w = max(110, 7 * max((len(label) for label, _, _ in bars), default=0) + 10)
     row_h, top = 26, 28
     height = top + row_h * len(bars) + 8
+    intervals = errors or [None] * len(bars)
     finite = [v for _, v, _ in bars if math.isfinite(v) and v > 0]
-    scale = (width - label_w - 70) / max(finite) if finite else 0
+    finite += [hi for iv in intervals if iv is not None for hi in iv[1:] if math.isfinite(hi)]
+    scale = (width - label_w - 90) / max(finite) if finite else 0
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
         f'<text x="0" y="16" font-weight="600">{escape(title)}</text>',
     ]
-    for i, (label, value, color) in enumerate(bars):
+    for i, ((label, value, color), interval) in enumerate(zip(bars, intervals, strict=True)):
         y = top + i * row_h
         w = max(1.0, value * scale) if math.isfinite(value) and value > 0 else 0
         out.append(f'<text x="0" y="{y + 15}">{escape(label)}</text>')
+        tip = f"{escape(label)}: {value:.4g} {escape(unit)}"
+        end = label_w + w
+        if interval is not None and all(math.isfinite(v) for v in interval):
+            lo, hi = (label_w + max(0.0, v) * scale for v in interval)
+            tip += f" (95% interval {interval[0]:.4g}-{interval[1]:.4g})"
+            mid = y + row_h / 2 - 1
+            out.append(
+                f'<path class="interval" d="M{lo:.1f} {mid - 5:.1f}v10M{lo:.1f} {mid:.1f}H{hi:.1f}M{hi:.1f} {mid - 5:.1f}v10" '
+                f'stroke="#222" stroke-width="1.2" fill="none"><title>{tip}</title></path>'
+            )
+            end = max(end, hi)
         out.append(
             f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="{color}">'
-            f"<title>{escape(label)}: {value:.4g} {escape(unit)}</title></rect>"
+            f"<title>{tip}</title></rect>"
         )
-        out.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{value:.3g} {escape(unit)}</text>')
+        shown = f"{value:.2f}x" if unit == "x" else f"{value:.3g} {escape(unit)}"
+        out.append(f'<text x="{end + 6:.1f}" y="{y + 15}">{shown}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -116,15 +137,31 @@ def _legend(keys: list[str]) -> str:
 def _latency(report: BenchReport) -> list[str]:
     charts = []
     for timing in report.latency:
-        bars = [(LABELS[k], timing.variants[k].p50_ms, COLORS[k]) for k in LABELS if k in timing.variants]
-        charts.append(bar_chart(f"batch {timing.batch_size}: median latency", bars, "ms"))
+        keys = [k for k in LABELS if k in timing.variants]
+        bars = [(LABELS[k], timing.variants[k].p50_ms, COLORS[k]) for k in keys]
+        errors = [_p50_interval(timing.variants[k]) for k in keys]
+        charts.append(bar_chart(f"batch {timing.batch_size}: median latency", bars, "ms", errors=errors))
+    speedups = [
+        (f"batch {t.batch_size}", t.speedups["fp32_compiled"]) for t in report.latency if "fp32_compiled" in t.speedups
+    ]
+    if speedups:
+        bars = [(label, found.value, COLORS["int8"]) for label, found in speedups]
+        errors = [(found.low, found.high) for _, found in speedups]
+        charts.append(bar_chart("INT8 speed-up over FP32 compiled", bars, "x", errors=errors))
     return [
         "<h2>Latency</h2>",
         _legend(list(LABELS)),
+        '<p class="sub">Whiskers: 95% intervals (bootstrap over measurement rounds).</p>',
         f'<div class="charts">{"".join(charts)}</div>',
         _table(tables.latency_table(report)),
         *(f'<p class="note">{escape(line)}</p>' for line in tables.measurement_lines(report)),
     ]
+
+
+def _p50_interval(latency: Any) -> tuple[float, float] | None:
+    if latency.p50_low_ms is None or latency.p50_high_ms is None:
+        return None
+    return (latency.p50_low_ms, latency.p50_high_ms)
 
 
 def _accuracy(report: BenchReport) -> list[str]:
@@ -132,15 +169,25 @@ def _accuracy(report: BenchReport) -> list[str]:
     if acc is None or table is None:
         return ["<h2>Accuracy</h2>", '<p class="note">Not measured: pass --eval-dir to compare outputs.</p>']
     charts = []
-    if acc.labeled:
-        for key, label in (("top1", "top-1 %"), ("top5", "top-5 %")):
-            fp, q = getattr(acc, f"fp32_{key}"), getattr(acc, f"int8_{key}")
-            if fp is not None and q is not None:
-                charts.append(bar_chart(label, [("FP32", fp, COLORS["fp32"]), ("INT8", q, COLORS["int8"])], "%"))
-    charts.append(bar_chart("top-1 agreement with FP32", [("INT8", acc.top1_agreement, COLORS["int8"])], "%"))
+    for key, label in (("top1", "top-1 %"), ("top5", "top-5 %")):
+        fp, q = getattr(acc, f"fp32_{key}"), getattr(acc, f"int8_{key}")
+        if fp is not None and q is not None:
+            charts.append(bar_chart(label, [("FP32", fp, COLORS["fp32"]), ("INT8", q, COLORS["int8"])], "%"))
+    if acc.top1_agreement is not None:
+        charts.append(bar_chart("top-1 agreement with FP32", [("INT8", acc.top1_agreement, COLORS["int8"])], "%"))
+    if len(acc.outputs) > 1:
+        bars = [(o.name[-22:], max(0.0, o.sqnr_db), COLORS["int8"]) for o in acc.outputs]
+        charts.append(bar_chart("SQNR per output (higher is better)", bars, "dB"))
+    outputs = tables.outputs_table(report)
     title = "Accuracy" if acc.labeled else "Fidelity to FP32 (unlabeled samples)"
-    drop = f'<p class="sub">Drop: {acc.drop:.2f} points ({"top-1" if acc.labeled else "top-1 agreement"}).</p>'
-    return [f"<h2>{title}</h2>", f'<div class="charts">{"".join(charts)}</div>', _table(table), drop]
+    judged = "".join(f'<p class="sub">{escape(line)}.</p>' for line in tables.judged_line(report))
+    return [
+        f"<h2>{title}</h2>",
+        judged,
+        f'<div class="charts">{"".join(charts)}</div>',
+        _table(table),
+        *([_table(outputs)] if outputs is not None else []),
+    ]
 
 
 def _per_layer(layers: list[dict[str, Any]] | None) -> list[str]:

@@ -150,6 +150,7 @@ class ConvertReport(Report):
     search: dict[str, Any] | None  # qcli.search.SearchResult.to_dict
     bias_correction: list[dict[str, Any]] | None
     saved_config: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what looked wrong (the search's evaluation)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,9 @@ class BenchReport(Report):
     baseline: BaselineReport | None = None
     report_html: str | None = None
     resources: Resources | None = None
+    # how FP32 was compiled for the comparison: "package" (AOTInductor, like a package artifact) or
+    # "program" (torch.compile on first call, like a program artifact)
+    fp32_compiled_form: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,6 @@ if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is 
     from torch import Tensor
 
 
-if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
-    pass
-
-
 @dataclass
 class Trial:
     excluded: tuple[str, ...]
@@ -40,11 +36,13 @@ class Trial:
     int8_metric: float | None
     seconds: float
     reason: str
+    metric: str | None = None  # what int8_metric is (qcli.evaluate.Score.metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "excluded": list(self.excluded),
             "drop": self.drop,
+            "metric": self.metric,
             "int8_metric": self.int8_metric,
             "seconds": round(self.seconds, 2),
             "reason": self.reason,
@@ -58,6 +56,7 @@ class SearchResult:
     met: bool = False
     stopped_by: str = ""
     ranking: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what looked wrong about the evaluation
 
     def add(self, trial: Trial) -> None:
         """Record a trial; the best is the smallest drop, then the fewest FP32 layers."""
@@ -68,6 +67,7 @@ class SearchResult:
     def to_dict(self, max_drop: float) -> dict[str, Any]:
         return {
             "max_drop": max_drop,
+            "metric": self.best.metric,
             "met": self.met,
             "stopped_by": self.stopped_by,
             "ranking": self.ranking,
@@ -107,8 +107,16 @@ class Searcher:
         fp32_graph = layer_report.fp32_reference(trial_prepared.graph) if keep else None
         converted = quantize(trial_prepared, self.method, self.percentile, self.samples)
         accuracy = self.evaluate_int8(converted)
-        metric = accuracy.int8_top1 if accuracy.labeled else accuracy.top1_agreement
-        return Trial(excluded, accuracy.drop, metric, time.monotonic() - t0, reason), fp32_graph, converted
+        score = accuracy.score
+        trial = Trial(
+            excluded,
+            accuracy.drop,
+            score.int8 if score is not None else None,
+            time.monotonic() - t0,
+            reason,
+            score.metric if score is not None else None,
+        )
+        return trial, fp32_graph, converted
 
 
 def search(searcher: Searcher, options: SearchOptions) -> SearchResult:

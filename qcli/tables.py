@@ -102,12 +102,22 @@ def accuracy_table(report: BenchReport) -> Table | None:
     if acc is None:
         return None
     rows = []
-    if acc.labeled:
+    score = acc.score
+    if score is not None and score.metric not in ("top1", "top5", "agreement", "sqnr", "cosine", "spearman"):
+        unit = f" {score.unit}" if score.unit else ""
+        change = _diff(score.int8, score.fp32)
+        on = f" ({score.output})" if score.output else ""
+        rows.append([f"{score.metric}{on}{unit}", fmt(score.fp32, 4), fmt(score.int8, 4), fmt(change, 4)])
+    if acc.fp32_top1 is not None:
         rows.append(["top-1 %", fmt(acc.fp32_top1), fmt(acc.int8_top1), fmt(_diff(acc.int8_top1, acc.fp32_top1))])
         rows.append(["top-5 %", fmt(acc.fp32_top5), fmt(acc.int8_top5), fmt(_diff(acc.int8_top5, acc.fp32_top5))])
-    rows.append(["top-1 agreement %", "100.00", fmt(acc.top1_agreement), "-"])
-    rows.append(["SQNR dB", "-", fmt(acc.sqnr_db, 1), "-"])
-    rows.append(["cosine", "1.0000", fmt(acc.cosine, 4), "-"])
+    if acc.top1_agreement is not None:
+        rows.append(["top-1 agreement %", "100.00", fmt(acc.top1_agreement), "-"])
+    several = len(acc.outputs) > 1
+    worst = acc.worst_output
+    of = f" (worst: {worst.name})" if several and worst is not None and score is not None and not score.output else ""
+    rows.append([f"SQNR dB{of}", "-", fmt(acc.sqnr_db, 1), "-"])
+    rows.append([f"cosine{of}", "1.0000", fmt(acc.cosine, 4), "-"])
     if acc.pairs:
         change = _diff(acc.int8_spearman, acc.fp32_spearman)
         rows.append(
@@ -116,10 +126,40 @@ def accuracy_table(report: BenchReport) -> Table | None:
     return Table(f"Accuracy on {acc.samples} samples", ["metric", "FP32", "INT8", "change"], rows)
 
 
+def outputs_table(report: BenchReport) -> Table | None:
+    """Fidelity of every output of the model to FP32's (shown when there are several)."""
+    acc = report.accuracy
+    if acc is None or len(acc.outputs) < 2:
+        return None
+    rows = [
+        [o.name, "x".join(str(d) for d in o.shape) or "scalar", fmt(o.sqnr_db, 1), fmt(o.cosine, 4),
+         f"{o.max_abs_error:.3g}", fmt(o.top1_agreement)]
+        for o in acc.outputs
+    ]  # fmt: skip
+    return Table(
+        "Fidelity per output", ["output", "shape", "SQNR dB", "cosine", "max abs error", "top-1 agreement %"], rows
+    )
+
+
+def judged_line(report: BenchReport) -> list[str]:
+    """What --max-drop judges: the metric, the output and the points lost."""
+    acc = report.accuracy
+    if acc is None or acc.score is None:
+        return []
+    score, worst = acc.score, acc.worst_output
+    if score.output and len(acc.outputs) > 1:
+        on = f"output '{score.output}'"
+    elif worst is not None and len(acc.outputs) > 1:
+        on = f"every output (the worst counts: '{worst.name}')"
+    else:
+        on = "the output"
+    return [f"accuracy judged by {score.metric} on {on}: drop {score.drop:.2f} points"]
+
+
 def sizes_table(report: BenchReport) -> Table:
     rows = [
         ["FP32 model file", fmt_bytes(report.model.size_bytes)],
-        ["FP32 compiled package", fmt_bytes(report.fp32_compiled_size_bytes)],
+        [f"FP32 compiled ({report.fp32_compiled_form or 'package'})", fmt_bytes(report.fp32_compiled_size_bytes)],
         [f"INT8 artifact ({report.artifact.form})", fmt_bytes(report.artifact.size_bytes)],
     ]
     return Table("Sizes", ["file", "size"], rows)
@@ -132,7 +172,7 @@ def resources_table(report: BenchReport) -> Table | None:
         return None
     rows = [
         ["FP32 model", fmt(r.fp32_model_load_seconds, 3), fmt(r.fp32_model_rss_mib, 1), "-"],
-        ["FP32 compiled package", fmt(r.fp32_compiled_load_seconds, 3), fmt(r.fp32_compiled_rss_mib, 1),
+        [f"FP32 compiled ({report.fp32_compiled_form or 'package'})", fmt(r.fp32_compiled_load_seconds, 3), fmt(r.fp32_compiled_rss_mib, 1),
          fmt(r.fp32_compiled_first_call_ms, 2)],
         [f"INT8 artifact ({report.artifact.form})", fmt(r.int8_load_seconds, 3), fmt(r.int8_rss_mib, 1),
          fmt(r.int8_first_call_ms, 2)],
@@ -162,6 +202,7 @@ def bench_tables(report: BenchReport) -> list[Table]:
     tables = [
         latency_table(report),
         accuracy_table(report),
+        outputs_table(report),
         sizes_table(report),
         resources_table(report),
         baseline_table(report.baseline),
@@ -172,7 +213,8 @@ def bench_tables(report: BenchReport) -> list[Table]:
 def gate_lines(report: BenchReport) -> list[str]:
     """The noise flag and each gate's verdict, as lines under the tables."""
     gates = report.gates
-    lines = [f"DISTURBED: {t.noise.reason}" for t in report.latency if t.noise and t.noise.reason][:1]
+    lines = judged_line(report)
+    lines += [f"DISTURBED: {t.noise.reason}" for t in report.latency if t.noise and t.noise.reason][:1]
     lines += [f"GATE FAILED: {f}" for f in gates.failures]
     lines += [f"GATE UNDECIDED: {f}" for f in gates.inconclusive]
     if gates.inconclusive and not gates.failures:

@@ -283,6 +283,24 @@ def scripted_model(kind: str) -> Callable[[Path], list[str]]:
     return setup
 
 
+def judged_by(*flags: str, classes: int = 10) -> Callable[[Path], list[str]]:
+    """``convert --max-drop`` on the demo, with an evaluation folder of ``classes`` digit classes
+    (two images each; none: four unlabeled images) and the judging flags given."""
+
+    def setup(d: Path) -> list[str]:
+        (d / "eval").mkdir()
+        for path in sorted(demo.CALIB_DIR.iterdir())[: 4 if classes == 0 else 0]:  # unlabeled
+            shutil.copy(path, d / "eval" / path.name)
+        for k in range(classes):
+            (d / "eval" / str(k)).mkdir(parents=True)
+            for path in sorted((demo.EVAL_DIR / str(k)).iterdir())[:2]:
+                shutil.copy(path, d / "eval" / str(k) / path.name)
+        return ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--form", "program",
+                "--max-drop", "1", "--eval-dir", "eval", "-q", *flags]  # fmt: skip
+
+    return setup
+
+
 def recipe(text: str) -> Callable[[Path], list[str]]:
     def setup(d: Path) -> list[str]:
         (d / "recipe.toml").write_text(text)
@@ -387,6 +405,20 @@ CASES: list[Case] = [
     Case("output exists, no --force", existing_output, 1, "--force"),
     Case("bench report over the model file", bench_report_over("digits.safetensors"), 1, "an input of this run"),
     Case("bench report exists, no --force", bench_report_over("bench.json"), 1, "--force"),
+    Case("--metric that does not exist", judged_by("--metric", "accuracy"), 1, "--metric must be one of top1"),
+    Case(
+        "--output-name the model does not have", judged_by("--output-name", "boxes"), 1, "is not an output of the model"
+    ),
+    Case("--metric auc on ten classes", judged_by("--metric", "auc"), 1, "auc needs two class sub-folders"),
+    Case("--metric mae without targets", judged_by("--metric", "mae"), 1, "needs a targets.csv"),
+    Case("--metric top1 on unlabeled samples", judged_by("--metric", "top1", classes=0), 1, "needs a labeled"),
+    Case("--metric function that does not import", judged_by("--metric", "nomodule:score"), 1, "cannot import"),
+    Case(
+        "--metric without --max-drop on convert",
+        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--metric", "auc"],
+        1,
+        "choose what the --max-drop search judges",
+    ),
     Case("recipe is not TOML", recipe("[calibrate\nlimit = 1"), 1, "is not valid TOML"),
     Case("recipe has an unknown key", recipe("[calibrate]\nlimt = 3\n"), 1, "unknown key 'calibrate.limt'"),
     Case("recipe value of the wrong type", recipe("[calibrate]\nlimit = 'many'\n"), 1, "wrong type"),

@@ -107,3 +107,123 @@ class ScaledConvNet(GatedConvNet):
 def scripted(cls: type[nn.Module], path: str) -> None:
     torch.manual_seed(0)
     torch.jit.save(torch.jit.script(cls().eval()), path)
+
+
+class DigitDetector(nn.Module):
+    """A face-detector-shaped head on 1x32x32 canvases: ``(boxes[4], landmarks[10], logits[2])``,
+    the three outputs of a small face detector. Trained by ``train_detector`` on MNIST digits
+    pasted into a canvas, class 1 ("face") for digits with a closed loop, with each
+    sample's box and five landmarks (quadrant and overall centroids of the ink)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        )  # fmt: skip
+        self.where = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())  # where the ink is
+        self.what = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())  # which strokes are there
+        self.boxes = nn.Linear(128, 4)
+        self.landmarks = nn.Linear(128, 10)
+        self.classes = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        where, what = self.where(h), self.what(h)
+        return self.boxes(where), self.landmarks(where), self.classes(what)
+
+
+LOOPED = (0, 4, 6, 8, 9)  # digits with a closed loop: the detector's "face" class
+
+
+def detector_samples(
+    digits: torch.Tensor, classes: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(canvases [N,1,32,32], labels [N], targets [N,14] = box then landmarks, in [0, 1]) from
+    28x28 digits in [0, 1] and their classes: each digit shrunk to 20x20 and pasted at a random
+    place; label 1 ("face") for a digit with a closed loop (0, 4, 6, 8, 9)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = digits.shape[0]
+    canvases = torch.zeros(n, 1, 32, 32)
+    labels = torch.tensor([int(int(c) in LOOPED) for c in classes], dtype=torch.int64)
+    targets = torch.zeros(n, 14)
+    small = nn.functional.interpolate(digits[:, None], size=(20, 20), mode="bilinear", align_corners=False)[:, 0]
+    for i in range(n):
+        y, x = (int(v) for v in torch.randint(0, 13, (2,), generator=gen))
+        canvases[i, 0, y : y + 20, x : x + 20] = small[i]
+        ys, xs = torch.nonzero(canvases[i, 0] > 0.3, as_tuple=True)
+        if ys.numel() == 0:
+            continue
+        y0, y1, x0, x1 = ys.min().item(), ys.max().item(), xs.min().item(), xs.max().item()
+        targets[i, :4] = torch.tensor([x0, y0, x1 - x0 + 1, y1 - y0 + 1]) / 32
+        cy, cx = ys.float().mean(), xs.float().mean()
+        points = [(cx, cy)]
+        for qy in (ys < cy, ys >= cy):
+            for qx in (xs < cx, xs >= cx):
+                sel = qy & qx
+                points.append((xs[sel].float().mean(), ys[sel].float().mean()) if sel.any() else (cx, cy))
+        targets[i, 4:] = torch.tensor([v / 32 for p in points for v in p])
+    return canvases, labels, targets
+
+
+def train_detector(digits: torch.Tensor, classes: torch.Tensor, epochs: int = 30) -> DigitDetector:
+    """Seeded training on ``detector_samples`` (box and landmark L1 plus class cross-entropy)."""
+    torch.manual_seed(0)
+    x, y, t = detector_samples(digits, classes, seed=1)
+    model = DigitDetector()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0])
+        for start in range(0, x.shape[0], 64):
+            idx = perm[start : start + 64]
+            boxes, marks, logits = model(x[idx])
+            loss = (
+                nn.functional.l1_loss(boxes, t[idx, :4]) * 4
+                + nn.functional.l1_loss(marks, t[idx, 4:]) * 4
+                + nn.functional.cross_entropy(logits, y[idx])
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def digit_detector() -> DigitDetector:
+    """The architecture, for ``--arch models:digit_detector`` (weights come from the file)."""
+    return DigitDetector().eval()
+
+
+class TinySegmenter(nn.Module):
+    """Per-pixel class scores ``[B, 3, H, W]`` and a ``{"mask": ..., "depth": ...}`` dict beside
+    them: a segmentation model's output shapes, nested."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.seg = nn.Conv2d(8, 3, 1)
+        self.depth = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(x)
+        return {"mask": self.seg(h), "aux": {"depth": self.depth(h)}}  # type: ignore[dict-item]
+
+
+def tiny_segmenter() -> TinySegmenter:
+    torch.manual_seed(0)
+    return TinySegmenter().eval()
+
+
+class TokenEncoder(TinyEncoder):
+    """TinyEncoder returning ``{"last_hidden_state": [B, T, D], "pooler_output": [B, D]}``, the
+    outputs of a ``transformers`` encoder."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        h = self.encoder(self.embed(input_ids), src_key_padding_mask=attention_mask == 0)
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        return {"last_hidden_state": h, "pooler_output": self.norm((h * mask).sum(1) / mask.sum(1).clamp(min=1))}
+
+
+def token_encoder() -> TokenEncoder:
+    torch.manual_seed(0)
+    return TokenEncoder().eval()

@@ -76,3 +76,40 @@ def test_preprocess_checks_itself():
         PreprocessConfig(resize=0)
     with pytest.raises(ConfigError):
         PreprocessConfig(mean=(0.1, 0.2), std=(0.1, 0.2, 0.3))
+
+
+def test_recipes_forgive_the_obvious(tmp_path):
+    """channels = 1 or 3, an interpolation for resize, and a near-miss key suggests the right one."""
+    import numpy as np
+    from PIL import Image
+
+    from qcli.data import InputSpec, SampleFolder
+
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[preprocess]\nchannels = 3\nresize = 20\ninterpolation = "bicubic"\n[bench]\noutput_name = "2"\nmetric = "auc"\n'
+    )
+    recipe = load_recipe(path)
+    assert recipe.preprocess.channels == "rgb" and recipe.preprocess.interpolation == "bicubic"
+    assert PreprocessConfig(channels=1).channels == "grayscale"
+    # bicubic and nearest resample differently from the default bilinear
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (37, 41, 3), dtype=np.uint8)).save(tmp_path / "img" / "a.png")
+    spec = InputSpec(("x",), (4,), 3)
+    pixels = {
+        how: next(SampleFolder.open(tmp_path / "img", PreprocessConfig(resize=20, interpolation=how)).samples(spec))[1][
+            "x"
+        ]
+        for how in ("bilinear", "bicubic", "nearest")
+    }
+    assert pixels["bilinear"].shape == (3, 20, 22)
+    assert not pixels["bilinear"].equal(pixels["bicubic"]) and not pixels["bilinear"].equal(pixels["nearest"])
+    with pytest.raises(ConfigError, match="interpolation must be one of bilinear, bicubic, nearest, not 'lanczos'"):
+        PreprocessConfig(interpolation="lanczos")
+    with pytest.raises(ConfigError, match="channels must be one of auto, grayscale, rgb \\(or 1, 3\\), not 2"):
+        PreprocessConfig(channels=2)  # type: ignore[arg-type]
+    assert recipe_defaults_for("bench", recipe) == {"output_name": "2", "metric": "auc"}  # recipes carry them
+    path.write_text("[preprocess]\ncentre_crop = 224\n")
+    with pytest.raises(ConfigError, match="did you mean 'center_crop'"):
+        load_recipe(path)

@@ -21,6 +21,7 @@ class FakeAccuracy:
     labeled: bool = True
     int8_top1: float = 0.0
     top1_agreement: float = 0.0
+    score: None = None
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_cli_budget_not_met_exits_3_and_still_writes(tmp_path):
         np.save(tmp_path / name / "x.npy", x)
     proc = run_qcli(
         "convert", tmp_path / "mlp.pt", "--arch", "models:residual_mlp", "--calib-dir", tmp_path / "calib", "--method", "minmax",
-        "--form", "program", "--eval-dir", tmp_path / "eval", "--max-drop", "0", "--max-trials", "1",
+        "--form", "program", "--eval-dir", tmp_path / "eval", "--max-drop", "0", "--max-trials", "1", "--metric", "agreement",
         "-o", tmp_path / "int8.pt2", "--format", "json", "-q",
     )  # fmt: skip
     assert proc.returncode == 3, proc.stderr

@@ -126,6 +126,18 @@ def test_encoder_quantizes_in_every_mode_and_keeps_embeddings(tmp_path, encoder_
     model = small_encoder()
     acc = evaluate(model, load_artifact(out).run, SampleFolder.open(root / "eval"), infer_input_spec(model))
     assert acc.samples == 32 and acc.pairs == 24 and acc.cosine > 0.99
+    # bench on evaluation files of one sequence each, every one its own length: batches of one row
+    # (the FP32 export from a one-row example failed: "Constraints violated (batch)")
+    single = tmp_path / "single"
+    single.mkdir()
+    gen = torch.Generator().manual_seed(9)
+    for length in (16, 24, 32):
+        save_file(tokens(gen, length), str(single / f"{length}.safetensors"))
+    proc = run_qcli("bench", root / "enc.safetensors", out, *ARCH, "--eval-dir", single, "--batch-sizes", "1",
+                    "--runs", "3", "--warmup", "1", "--time-budget", "1", "--format", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    bench = json.loads(proc.stdout)
+    assert bench["accuracy"]["samples"] == 3 and bench["accuracy"]["cosine"] > 0.99
     # edits that keep more tokens score higher: a working embedding ranks the pairs by it
     assert acc.fp32_spearman > 0.5 and abs(acc.int8_spearman - acc.fp32_spearman) < 0.05
     assert acc.drop == pytest.approx(100 * (acc.fp32_spearman - acc.int8_spearman))

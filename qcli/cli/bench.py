@@ -19,14 +19,16 @@ from qcli.cli.options import (
     ConfigOpt,
     ForceOpt,
     Inconclusive,
+    MetricOpt,
     ModelArg,
     OutputFormat,
+    OutputNameOpt,
     QuietOpt,
     ThreadsOpt,
     TrustModelOpt,
 )
 from qcli.errors import QcliError
-from qcli.options import BenchOptions
+from qcli.options import BenchOptions, JudgeOptions
 
 if TYPE_CHECKING:
     from qcli.reports import BenchReport
@@ -92,7 +94,8 @@ InconclusiveOpt = Annotated[
 EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", help="Evaluate at most N samples.")]
 
 MaxDropOpt = Annotated[
-    float | None, typer.Option("--max-drop", help="Fail (exit 3) if accuracy drops more than X points.")
+    float | None,
+    typer.Option("--max-drop", help="Fail (exit 3) if the --metric (top-1 by default) drops more than X points."),
 ]
 
 MinSpeedupOpt = Annotated[
@@ -157,6 +160,8 @@ def bench_command(
     inconclusive: InconclusiveOpt = DEFAULT_INCONCLUSIVE,
     eval_limit: EvalLimitOpt = None,
     max_drop: MaxDropOpt = None,
+    output_name: OutputNameOpt = None,
+    metric: MetricOpt = None,
     min_speedup: MinSpeedupOpt = None,
     baseline: BaselineOpt = None,
     latency_tolerance: LatencyToleranceOpt = BENCH.latency_tolerance,
@@ -194,6 +199,7 @@ def bench_command(
             precision=precision,
             time_budget=time_budget,
             inconclusive=inconclusive.value,
+            judge=JudgeOptions(output_name, metric),
         )
         report, gate_error = gated(
             lambda: bench_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,15 +27,17 @@ from qcli.cli.options import (
     Form,
     LimitOpt,
     Method,
+    MetricOpt,
     ModelArg,
     ModeOpt,
     OutputFormat,
+    OutputNameOpt,
     QuietOpt,
     SeedOpt,
     ThreadsOpt,
     TrustModelOpt,
 )
-from qcli.options import CalibrationOptions, ConvertOptions, SearchOptions
+from qcli.options import CalibrationOptions, ConvertOptions, JudgeOptions, SearchOptions
 
 if TYPE_CHECKING:
     from qcli.reports import ConvertReport
@@ -154,6 +157,8 @@ def convert_command(
     exclude: ExcludeOpt = None,
     max_drop: MaxDropOpt = None,
     eval_dir: EvalDirOpt = None,
+    output_name: OutputNameOpt = None,
+    metric: MetricOpt = None,
     eval_limit: EvalLimitOpt = None,
     max_trials: MaxTrialsOpt = SEARCH_MAX_TRIALS,
     timeout: TimeoutOpt = None,
@@ -181,7 +186,7 @@ def convert_command(
     from qcli.api import convert_model_file
 
     with flags_named(ctx):
-        search = search_options(max_drop, eval_dir, eval_limit, max_trials, timeout)
+        search = search_options(max_drop, eval_dir, eval_limit, max_trials, timeout, JudgeOptions(output_name, metric))
         options = ConvertOptions(
             calibration=CalibrationOptions(limit, seed, batch_size, mode.value),
             method=method.value,
@@ -215,7 +220,12 @@ def convert_command(
 
 
 def search_options(
-    max_drop: float | None, eval_dir: Path | None, eval_limit: int | None, max_trials: int, timeout: float | None
+    max_drop: float | None,
+    eval_dir: Path | None,
+    eval_limit: int | None,
+    max_trials: int,
+    timeout: float | None,
+    judge: JudgeOptions,
 ) -> SearchOptions | None:
     """The FP32 fall-back search, when ``--max-drop`` asks for it (with ``--eval-dir``)."""
     from qcli.errors import OptionError
@@ -225,8 +235,10 @@ def search_options(
             "{max_drop} and {eval_dir} go together: the search measures accuracy on the evaluation folder"
         )
     if max_drop is None or eval_dir is None:
+        if judge != JudgeOptions():
+            raise OptionError("{output_name} and {metric} choose what the {max_drop} search judges; pass {max_drop}")
         return None
-    return SearchOptions(max_drop, eval_dir, eval_limit, max_trials, timeout)
+    return SearchOptions(max_drop, eval_dir, eval_limit, max_trials, timeout, judge)
 
 
 def show(report: ConvertReport, format: OutputFormat) -> None:
@@ -254,3 +266,5 @@ def show(report: ConvertReport, format: OutputFormat) -> None:
     )
     if report.saved_config:
         render.say(f"wrote {report.saved_config} (effective configuration)")
+    for warning in report.warnings:
+        print(f"qcli: warning: {warning}", file=sys.stderr)

@@ -101,5 +101,21 @@ TrustModelOpt = Annotated[
         "an --arch named only in an artifact's metadata). Only for files you made or trust.",
     ),
 ]
+OutputNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output-name",
+        help="The model output that labels, top-1 and --metric apply to: its name (as the reports list them, "
+        "e.g. logits or 1.probs) or index, e.g. --output-name 2.",
+    ),
+]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help=f"What --max-drop judges: {', '.join(options.METRICS)}, or module:function for your own "
+        "(default: top1 for labels and one [B, C] output, spearman with pairs.csv, else the SQNR of every output).",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or hints on stderr.")]
