@@ -174,9 +174,10 @@ def convert_model_file(
         )
     if stats is not None:
         source = _from_stats(loaded, Path(stats), excluded, options)
-    else:
-        assert calib_dir is not None  # _check_convert_outputs made sure of one of the two
+    elif calib_dir is not None:
         source = _from_folder(loaded, Path(calib_dir), excluded, options, recipe, track)
+    else:  # dynamic or weight-only (checked above): the shapes are enough
+        source = _from_shapes(loaded, excluded, options, recipe)
     searched = _search(loaded, source, options, recipe) if options.search is not None else None
     report = _convert(model, loaded, out, source, options, searched)
     if saved_config is not None:
@@ -198,8 +199,16 @@ def _check_convert_outputs(
     """Fail before any work on the inputs' combination and on outputs that cannot be written."""
     from qcli.convert import program_path
 
-    if (stats is None) == (calib_dir is None):
-        raise OptionError("pass exactly one of {stats} STATS.safetensors or {calib_dir} DIR")
+    given = sum(x is not None for x in (stats, calib_dir)) + bool(options.input_shape)
+    if given > 1:
+        raise OptionError("pass one of {stats}, {calib_dir} or {input_shape}: each says where the inputs come from")
+    if given == 0 and options.mode == "static":
+        raise OptionError(
+            "static INT8 needs calibration data: pass {stats} STATS.safetensors or {calib_dir} DIR "
+            "(dynamic and weight-only modes need only the input shapes: {input_shape})"
+        )
+    if options.input_shape and options.mode == "static":
+        raise OptionError("{input_shape} is for --mode dynamic and weight-only; static INT8 needs {calib_dir} samples")
     check_output(out, force)
     if options.form == "both":
         check_output(program_path(out), force)
@@ -238,6 +247,22 @@ def _from_folder(
     folder = SampleFolder.open(calib_dir, recipe.preprocess, seed=options.calibration.seed)
     result = calibrate(loaded, folder, options.calibration, exclude=excluded, weights=options.weights, track=track)
     return Calibrated(result.prepared, result.manifest, result.samples, _effective_config(recipe, options.calibration))
+
+
+def _from_shapes(loaded: LoadedModel, excluded: tuple[str, ...], options: ConvertOptions, recipe: Recipe) -> Calibrated:
+    """The exported graph of a dynamic or weight-only conversion, from ``--input-shape`` or the
+    shapes the model file records: no samples, so no per-layer report."""
+    from qcli.data import example_from_shapes
+
+    spec = infer_input_spec(loaded.module)
+    example = example_from_shapes(loaded, spec, options.input_shape)
+    prepared = prepare(loaded, example, spec, options.mode, excluded, options.weights)
+    shapes = [
+        {"name": n, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
+        for n, t in zip(spec.names, example, strict=False)
+    ]
+    calibration = {"samples": 0, "input_shapes": shapes}
+    return Calibrated(prepared, calibration, None, _effective_config(recipe, options.calibration))
 
 
 def _search(loaded: LoadedModel, source: Calibrated, options: ConvertOptions, recipe: Recipe) -> Any:
@@ -554,7 +579,9 @@ def _measure(
         bench.first_call_ms(fp32_package, first),
         bench.first_call_ms(subjects.artifact.run, first),
     )
-    warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads())] if w]
+    from qcli import hardware
+
+    warnings = [w for w in [bench.thread_warning(meta, torch.get_num_threads()), hardware.isa_limit_warning(meta)] if w]
     plan = bench.Plan(options.warmup, options.runs, options.precision, options.time_budget, options.min_speedup)
     timings = bench.benchmark(runners, example, sizes, plan)
     warnings += [t.noise.reason for t in timings if t.noise is not None and t.noise.reason][:1]

@@ -83,6 +83,8 @@ def write_package(
         # oneDNN chooses the packed weight layout for this thread count; another count at run time
         # makes it re-pack some weights on every call
         "compiled_threads": torch.get_num_threads(),
+        # oneDNN packs weights for the instruction set it may use; another limit at run time is slow
+        "onednn_max_cpu_isa": hardware.onednn_isa_limit(),
     }
     # each model is compiled for the example's shape: a sequence dimension is fixed to its length
     meta["inputs"] = [
@@ -392,6 +394,9 @@ def load_artifact(
                 f"{', '.join(missing)}; convert again on this machine or use --form program",
                 path=path,
             )
+        limit = hardware.isa_limit_warning(meta)
+        if limit:
+            log.warning("%s", limit)
         with engine.quiet():
             runners = {int(b): package_runner(path, name) for b, name in meta["package_models"].items()}
 

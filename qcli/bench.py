@@ -166,9 +166,15 @@ def measure(runners: dict[str, Callable[..., Any]], inputs: tuple[Tensor, ...], 
 
     times: dict[str, list[float]] = {n: [] for n in runners}
     with torch.no_grad():
-        for _ in range(plan.warmup):
+        for round_number in range(plan.warmup):
+            warm: dict[str, float] = {}
             for name in runners:
-                runners[name](*[t.clone() for t in inputs])
+                args = [t.clone() for t in inputs]
+                t0 = time.perf_counter()
+                runners[name](*args)
+                warm[name] = time.perf_counter() - t0
+            if round_number > 0:  # the first call of a shape may compile (a program form)
+                check_runaway(warm, int(inputs[0].shape[0]))
         start = time.perf_counter()
         _round(runners, inputs, times)
         budget = plan.time_budget
@@ -184,6 +190,24 @@ def measure(runners: dict[str, Callable[..., Any]], inputs: tuple[Tensor, ...], 
                 break
             _round(runners, inputs, times)
     return Rounds(times, time.perf_counter() - start, stopped_by)
+
+
+RUNAWAY_FACTOR = 100  # a variant this many times slower than the fastest one is broken, not slow
+RUNAWAY_SECONDS = 0.5  # ... and only when its call takes this long (tiny models vary a lot)
+
+
+def check_runaway(seconds: dict[str, float], batch_size: int) -> None:
+    """Stop before many minutes of measuring when a variant runs orders of magnitude slower than
+    the others (measured: a dynamic INT8 package whose oneDNN weights were packed for another
+    instruction set took 1.4 s per call where the same program took 4 ms)."""
+    fastest = min(seconds, key=lambda k: seconds[k])
+    for name, took in seconds.items():
+        if took > RUNAWAY_SECONDS and took > RUNAWAY_FACTOR * seconds[fastest]:
+            raise QcliError(
+                f"{name} takes {took:.2f} s per call at batch {batch_size}, {took / seconds[fastest]:.0f} times "
+                f"{fastest} ({seconds[fastest] * 1e3:.1f} ms): something is wrong with it, not slow, so it was "
+                "not measured; for a package, convert again on the machine and thread count it runs on"
+            )
 
 
 def compile_fp32(

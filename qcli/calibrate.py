@@ -213,16 +213,21 @@ def load_stats(path: Path) -> Stats:
 
 
 def check_stats(stats: Stats, model_sha256: str, mode: str) -> None:
-    """Fail before any work when the statistics belong to another model or mode."""
+    """Fail before any work when the statistics belong to another model, or lack the ranges static
+    INT8 needs."""
     if stats.meta.get("model_sha256") != model_sha256:
         raise StatsError(
             f"statistics '{stats.path}' were computed for another model (sha256 "
             f"{str(stats.meta.get('model_sha256'))[:12]}…, this one {model_sha256[:12]}…); run `qcli calibrate` on this model",
             path=stats.path,
         )
-    if stats.meta.get("mode") != mode:
+    # dynamic and weight-only INT8 use only the example inputs and samples, which any mode's
+    # statistics hold; static INT8 needs observed ranges
+    if mode == "static" and stats.meta.get("mode") != mode:
         raise StatsError(
-            f"statistics '{stats.path}' were collected for mode {stats.meta.get('mode')}, not {mode}", path=stats.path
+            f"statistics '{stats.path}' were collected for mode {stats.meta.get('mode')}, which observes no "
+            "activation ranges; calibrate with --mode static for static INT8",
+            path=stats.path,
         )
 
 

@@ -484,3 +484,102 @@ def read_targets(folder: SampleFolder) -> dict[str, list[float]] | None:
     if not targets:
         raise DataError(f"'{path}' holds no targets", path=path)
     return targets
+
+
+def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Example inputs (two rows, as export needs) from ``--input-shape`` (``qcli.options.InputShape``),
+    or from the shapes the model file records (an exported program's inputs, a traced TorchScript
+    graph's): floats are seeded normal values, integers and booleans ones (a valid token id and a
+    full attention mask)."""
+    import torch
+
+    from qcli import engine
+    from qcli.errors import OptionError
+
+    if shapes:
+        named = [s for s in shapes if s.name is not None]
+        if named and len(named) != len(shapes):
+            raise OptionError("{input_shape} gives names for some inputs and not others; name all or none")
+        if named:
+            unknown = [s.name for s in shapes if s.name not in spec.names]
+            if unknown:
+                raise OptionError(
+                    f"{{input_shape}} names '{unknown[0]}', which is not an input of the model "
+                    f"(it takes {', '.join(spec.names)})"
+                )
+            by_name = {s.name: s for s in shapes}
+            ordered = [by_name[n] for n in spec.names if n in by_name]
+            if len(ordered) != len(spec.names[: len(ordered)]) or [s.name for s in ordered] != list(
+                spec.names[: len(ordered)]
+            ):
+                raise OptionError(
+                    f"{{input_shape}} must give the model's inputs in order from the first ({', '.join(spec.names)})"
+                )
+        else:
+            ordered = list(shapes)
+            if len(ordered) > len(spec.names):
+                raise OptionError(
+                    f"{{input_shape}} gives {len(ordered)} inputs but the model takes {len(spec.names)} ({', '.join(spec.names)})"
+                )
+        rank = spec.ranks[0]
+        if rank is not None and len(ordered[0].shape) != rank:
+            raise OptionError(
+                f"{{input_shape}} {'x'.join(map(str, ordered[0].shape))} has {len(ordered[0].shape)} dimensions but the "
+                f"model's first convolution takes {rank} (batch first), e.g. 1x{spec.channels or 3}x224x224"
+            )
+        gen = torch.Generator().manual_seed(0)
+        tensors = []
+        for s in ordered:
+            dtype = getattr(torch, s.dtype)
+            if dtype.is_floating_point:
+                tensors.append(torch.randn(s.shape, generator=gen).to(dtype))
+            else:
+                tensors.append(torch.ones(s.shape, dtype=dtype))
+        return engine.first_row_repeated(tuple(tensors), 2)
+    recorded = recorded_example(loaded.module)
+    if recorded is None:
+        raise OptionError(
+            "the model file does not record its input shapes: give them with {input_shape} "
+            "(e.g. input_ids:1x128:int64,attention_mask:1x128:int64), or samples with --calib-dir"
+        )
+    return engine.first_row_repeated(recorded, 2)
+
+
+def recorded_example(module: Any) -> tuple[Any, ...] | None:
+    """Inputs of the shapes an exported program's graph or a traced TorchScript graph records
+    (None when it records none): floats seeded normal, integers ones."""
+    import torch
+
+    shapes: list[tuple[list[int], Any]] = []
+    if isinstance(module, torch.jit.ScriptModule):
+        for value in list(module.graph.inputs())[1:]:  # the first is self
+            kind = value.type()
+            sizes = kind.sizes() if isinstance(kind, torch._C.TensorType) else None
+            dtype = kind.dtype() if isinstance(kind, torch._C.TensorType) else None
+            if sizes is None or dtype is None or any(d is None for d in sizes):
+                return None
+            shapes.append((list(sizes), dtype))
+    elif isinstance(module, torch.fx.GraphModule):
+        for node in module.graph.nodes:
+            if node.op != "placeholder":
+                continue
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                return None
+            dims = []
+            for d in val.shape:
+                try:
+                    dims.append(int(d))
+                except Exception:  # a symbolic dimension: its hint is the size export saw
+                    hint = getattr(getattr(d, "node", None), "hint", None)
+                    if hint is None:
+                        return None
+                    dims.append(int(hint))
+            shapes.append((dims, val.dtype))
+    if not shapes:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn(dims, generator=gen).to(dtype) if dtype.is_floating_point else torch.ones(dims, dtype=dtype)
+        for dims, dtype in shapes
+    )

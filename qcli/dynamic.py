@@ -68,6 +68,14 @@ def int8_weight_only_linear(x: Tensor, weight: Tensor, w_scale: Tensor, bias: An
 
 
 KERNELS: dict[str, Callable[..., Any]] = {"dynamic": int8_dynamic_linear, "weight-only": int8_weight_only_linear}
+graph_helpers.REWRITTEN_LINEARS.update(KERNELS.values())
+
+
+def dequantized_weight(node: Node, weight: Tensor, scale: Tensor) -> Any:
+    """The ``[out, in]`` FP32 weight a rewritten linear computes with (its INT8 weight times the
+    per-output scales), for the per-layer report."""
+    w = weight.t() if node.target is int8_dynamic_linear else weight
+    return w.float() * scale.float()[:, None]
 
 
 def is_rewritten(node: Node) -> bool:

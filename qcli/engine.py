@@ -69,6 +69,12 @@ def export(module: Module, example_args: tuple[Tensor, ...], names: tuple[str, .
             return torch.export.export(module, example_args, dynamic_shapes=dynamic)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if "Constraints violated (batch)" in first:
+                raise UnsupportedModel(
+                    "the model fixes its batch size, and qcli exports with a dynamic batch dimension; an exported "
+                    "program must be exported with one (dynamic_shapes giving dimension 0 of each input a "
+                    "torch.export.Dim), a module must not hard-code the batch size (e.g. in a reshape)"
+                ) from exc
             raise UnsupportedModel(
                 f"torch.export cannot trace the model ({type(exc).__name__}: {first}); qcli needs a "
                 "model without data-dependent Python control flow"

@@ -50,9 +50,17 @@ def _dequantize_ops() -> dict[Any, str]:
     return found
 
 
+# functions that stand for a linear layer after the dynamic/weight-only rewrite (qcli.dynamic
+# registers its kernels), so the per-layer report and the search see those layers too
+REWRITTEN_LINEARS: set[Any] = set()
+
+
 def layer_type(node: Node) -> str | None:
-    """``Conv2d``, ``Linear``, ... when ``node`` calls a layer op qcli quantizes; else None."""
-    return _layer_ops().get(node.target) if node.op == "call_function" else None
+    """``Conv2d``, ``Linear``, ... when ``node`` calls a layer op qcli quantizes (or a linear layer
+    rewritten to dynamic/weight-only INT8); else None."""
+    if node.op != "call_function":
+        return None
+    return "Linear" if node.target in REWRITTEN_LINEARS else _layer_ops().get(node.target)
 
 
 def is_linear(node: Node) -> bool:

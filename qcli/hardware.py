@@ -114,3 +114,29 @@ def explain() -> dict[str, Any]:
         "quantized_engine": quantized_engine(),
         "warning": warning,
     }
+
+
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def onednn_isa_limit() -> str | None:
+    """The instruction-set limit oneDNN was told to keep to (``ONEDNN_MAX_CPU_ISA``), if any."""
+    import os
+
+    return next((os.environ[v] for v in ONEDNN_ISA_VARIABLES if os.environ.get(v)), None)
+
+
+def isa_limit_warning(meta: dict[str, Any]) -> str | None:
+    """Why a package would run orders of magnitude slower here: its oneDNN weights were packed under
+    another instruction-set limit (measured: a dynamic INT8 ViT package packed with AMX ran 1.4 s
+    per call under ``ONEDNN_MAX_CPU_ISA=AVX2``, against 1.3 ms without the limit)."""
+    if meta.get("form") != "package":
+        return None
+    then, now = meta.get("onednn_max_cpu_isa"), onednn_isa_limit()
+    if (then or "").upper() == (now or "").upper():
+        return None
+    return (
+        f"the package was compiled with oneDNN limited to {then or 'no limit'} and runs with {now or 'no limit'} "
+        "(ONEDNN_MAX_CPU_ISA): its packed weights do not fit the kernels available, which can make it hundreds "
+        "of times slower; convert again under the same setting"
+    )

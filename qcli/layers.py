@@ -47,14 +47,20 @@ def _record(gm: GraphModule, args: tuple[Tensor, ...], nodes: dict[LayerKey, Any
 
     by_node = {node: key for key, node in nodes.items()}
     weight_nodes = {node.args[1]: key for key, node in nodes.items()}
+    by_node_of_weight = {node.args[1]: node for node in nodes.values()}
     out: dict[LayerKey, list[Any]] = {key: [None, None] for key in nodes}
+
+    from qcli import dynamic
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
             result = super().run_node(n)
             if n in by_node:
                 out[by_node[n]][1] = result.detach()
-            if n in weight_nodes:
+                if dynamic.is_rewritten(n):  # INT8 weight and scales: the weight it computes with
+                    weight, scale = self.env[n.args[1]], self.env[n.args[2]]
+                    out[by_node[n]][0] = dynamic.dequantized_weight(n, weight, scale)
+            if n in weight_nodes and not dynamic.is_rewritten(by_node_of_weight[n]):
                 out[weight_nodes[n]][0] = result.detach()
             return result
 

@@ -45,6 +45,40 @@ def _sizes(name: str, sizes: tuple[int, ...]) -> None:
         raise OptionError(f"{{{name}}} must list positive batch sizes, e.g. 1,16, not {list(sizes)}")
 
 
+INPUT_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """One model input given by shape instead of samples: ``input_ids:1x128:int64``."""
+
+    name: str | None  # None: inputs in the model's order
+    shape: tuple[int, ...]  # with the batch dimension first
+    dtype: str = "float32"
+
+    @classmethod
+    def parse_all(cls, text: str) -> tuple[InputShape, ...]:
+        """``NAME:1x128:int64,NAME2:1x128:int64`` or ``1x3x224x224`` (name and dtype optional)."""
+        out = []
+        for item in (part.strip() for part in text.split(",")):
+            fields = item.split(":")
+            shape_at = next((i for i, f in enumerate(fields) if f and all(d.isdigit() for d in f.split("x"))), None)
+            if not item or shape_at is None or shape_at > 1 or len(fields) > shape_at + 2:
+                raise OptionError(
+                    f"{{input_shape}} '{item}' is not NAME:SHAPE[:DTYPE] or SHAPE[:DTYPE] "
+                    "(e.g. input_ids:1x128:int64 or 1x3x224x224)"
+                )
+            name = fields[0] if shape_at == 1 else None
+            dtype = fields[shape_at + 1] if len(fields) > shape_at + 1 else "float32"
+            out.append(cls(name, tuple(int(d) for d in fields[shape_at].split("x")), dtype))
+        return tuple(out)
+
+    def __post_init__(self) -> None:
+        if not self.shape or any(d <= 0 for d in self.shape):
+            raise OptionError(f"{{input_shape}} dimensions must be positive, not {'x'.join(map(str, self.shape))}")
+        _one_of("input_shape", self.dtype, INPUT_DTYPES)
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     """How calibration samples are read: ``calibrate``, and ``convert`` with a calibration folder.
@@ -140,6 +174,7 @@ class ConvertOptions:
     package_batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     threads: int | None = None  # torch threads while compiling the package
     search: SearchOptions | None = None
+    input_shape: tuple[InputShape, ...] = ()  # dynamic/weight-only without samples: the inputs' shapes
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)

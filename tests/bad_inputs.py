@@ -405,6 +405,18 @@ CASES: list[Case] = [
     Case("output exists, no --force", existing_output, 1, "--force"),
     Case("bench report over the model file", bench_report_over("digits.safetensors"), 1, "an input of this run"),
     Case("bench report exists, no --force", bench_report_over("bench.json"), 1, "--force"),
+    Case(
+        "exported program with a fixed batch size",
+        lambda d: ["convert", exported_program(d).name, "--calib-dir", calib(d), "-o", "int8.pt2", "-q"],
+        1,
+        "the model fixes its batch size",
+    ),
+    Case(
+        "dynamic INT8 of a state dict with no shapes",
+        lambda d: ["convert", weights(d), *ARCH, "--mode", "dynamic", "-o", "int8.pt2"],
+        1,
+        "give them with --input-shape",
+    ),
     Case("--metric that does not exist", judged_by("--metric", "accuracy"), 1, "--metric must be one of top1"),
     Case(
         "--output-name the model does not have", judged_by("--output-name", "boxes"), 1, "is not an output of the model"

@@ -128,3 +128,24 @@ def test_undecided_gates_exit_4_unless_the_user_settles_them(failures, inconclus
     assert info.value.report is report and report.to_dict()["gates"]["verdict"] == (
         "fail" if failures else "inconclusive"
     )
+
+
+def test_a_variant_orders_of_magnitude_slower_stops_the_run_with_a_message():
+    """A broken variant (here 0.6 s per call against 2 ms) ends the run after warm-up, naming it,
+    instead of minutes of measuring; the first warm-up call (a compile) is not judged."""
+    import torch
+
+    from qcli.errors import QcliError
+
+    calls = []
+
+    def compiles_then_fast(*_):
+        calls.append(1)
+        time.sleep(0.6 if len(calls) == 1 else 0.002)
+
+    rounds = bench.measure({bench.FP32_EAGER: sleeper(0.002), bench.INT8: compiles_then_fast},
+                           (torch.zeros(1),), bench.Plan(warmup=2, min_rounds=3, time_budget=0.2))  # fmt: skip
+    assert len(rounds.times[bench.INT8]) >= 3
+    with pytest.raises(QcliError, match=r"int8 takes 0\.\d+ s per call at batch 1, \d+ times fp32_eager"):
+        bench.measure({bench.FP32_EAGER: sleeper(0.002), bench.INT8: sleeper(0.6)}, (torch.zeros(1),),
+                      bench.Plan(warmup=2, min_rounds=3, time_budget=0.2))  # fmt: skip

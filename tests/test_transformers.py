@@ -205,3 +205,109 @@ def test_pairs_file_errors_are_one_line(tmp_path, encoder_files):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"qcli: error: '{evaluation / 'pairs.csv'}' line 2: 'missing.safetensors' is not a sample file of the folder"
     )
+
+
+def _package_calls(path: Path) -> list[str]:
+    """The ATen/oneDNN functions the package's compiled wrapper calls, one entry per call site."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        code = "".join(zf.read(n).decode() for n in zf.namelist() if n.endswith("wrapper.cpp"))
+    return re.findall(r"aoti_torch_cpu_+(\w+?)\(", code)
+
+
+def test_dynamic_int8_without_data_from_input_shapes(tmp_path, encoder_files):
+    """--mode dynamic needs only the inputs' shapes: from --input-shape, from an exported program's
+    own record, or from a statistics file of any mode."""
+    from qcli.artifact import load_artifact
+
+    root = encoder_files
+    out = tmp_path / "dyn.pt2"
+    shapes = "input_ids:1x24:int64,attention_mask:1x24:int64"
+    proc = run_qcli("convert", root / "enc.safetensors", *ARCH, "--mode", "dynamic", "--input-shape", shapes,
+                    "--form", "both", "--package-batch-sizes", "1", "-o", out, "--format", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    validate(report)
+    assert report["quantized_layers"] == 12 and report["per_layer"] is None  # no samples: no per-layer report
+    # what the package calls for each rewritten linear: oneDNN's INT8 linear, never the generic
+    # _int_mm (a slow package must not come back unnoticed; tests do not time, they read the code)
+    calls = _package_calls(out)
+    assert sum("qlinear_pointwise" in c for c in calls) == 12 and not any("int_mm" in c for c in calls), calls
+    model, gen = small_encoder(), torch.Generator().manual_seed(3)
+    for path, lengths in ((out, (24,)), (tmp_path / "dyn.program.pt2", (24, 40))):  # the package: its one length
+        artifact = load_artifact(path)
+        assert artifact.metadata["calibration"]["input_shapes"][0] == {
+            "name": "input_ids",
+            "shape": ["batch", 24],
+            "dtype": "int64",
+        }
+        for length in lengths:
+            ids = torch.randint(1, KWARGS["vocab"], (1, length), generator=gen)
+            with torch.no_grad():
+                want, got = model(ids, torch.ones_like(ids)), artifact.run(ids, torch.ones_like(ids))
+            assert float(metrics.cosine_per_sample(want, got).min()) > 0.99
+    # an exported program records its input shapes; a static statistics file serves dynamic INT8
+    ids, batch = torch.ones(2, 16, dtype=torch.int64), torch.export.Dim("batch")
+    program = torch.export.export(model, (ids, ids), dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, str(tmp_path / "enc.pt2"))
+    proc = run_qcli(
+        "convert", tmp_path / "enc.pt2", "--mode", "weight-only", "--form", "program", "-o", tmp_path / "wo.pt2"
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = run_qcli(
+        "calibrate", root / "enc.safetensors", root / "calib", *ARCH, "-o", tmp_path / "static.safetensors", "-q"
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = run_qcli("convert", root / "enc.safetensors", *ARCH, "--mode", "dynamic", "--stats", tmp_path / "static.safetensors",
+                    "--form", "program", "-o", tmp_path / "from-stats.pt2", "--format", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["per_layer"]  # the statistics' samples give the per-layer report
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "static", "--input-shape", "input_ids:1x24:int64"], "input-shape is for --mode dynamic and weight-only"),
+        (["--mode", "dynamic"], "does not record its input shapes: give them with --input-shape"),
+        (["--mode", "dynamic", "--input-shape", "ids:1x24:int64"], "names 'ids', which is not an input of the model"),
+        (["--mode", "dynamic", "--input-shape", "input_ids:1x24:int65"], "must be one of float32"),
+        (["--mode", "dynamic", "--input-shape", "1xx24"], "is not NAME:SHAPE[:DTYPE]"),
+        (["--mode", "static"], "static INT8 needs calibration data"),
+    ],
+)  # fmt: skip
+def test_input_shape_mistakes_are_one_line(tmp_path, encoder_files, args, message):
+    proc = run_qcli("convert", encoder_files / "enc.safetensors", *ARCH, *args, "-o", tmp_path / "x.pt2")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "x.pt2").exists()
+
+
+def test_dynamic_per_layer_report_and_search_fall_back_a_layer(tmp_path):
+    """The per-layer report and the --max-drop search work on dynamic INT8: an input with one
+    feature 300 times the others costs the per-token scale its precision, and the search keeps
+    the worst layer in FP32 to meet a 40 dB budget."""
+    import numpy as np
+    from models import residual_mlp
+
+    from qcli.api import convert_model_file
+    from qcli.load import ArchSpec
+    from qcli.options import CalibrationOptions, ConvertOptions, SearchOptions
+
+    torch.save(residual_mlp().state_dict(), tmp_path / "mlp.pt")
+    rng = np.random.default_rng(0)
+    for name in ("calib", "eval"):
+        x = rng.standard_normal((256, 64)).astype(np.float32)
+        x[:, 0] *= 300
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "x.npy", x)
+    search = SearchOptions(max_drop=0.02, eval_dir=tmp_path / "eval")  # SQNR of 37 dB or better
+    options = ConvertOptions(calibration=CalibrationOptions(mode="dynamic"), form="program", search=search)
+    report = convert_model_file(tmp_path / "mlp.pt", tmp_path / "d.pt2", calib_dir=tmp_path / "calib",
+                                arch=ArchSpec.parse("models:residual_mlp"), options=options)  # fmt: skip
+    assert {row["name"] for row in report.per_layer} == {"fc1", "fc2"}  # head went back to FP32
+    trials = report.search["trials"]
+    assert report.search["met"] and trials[0]["drop"] > 0.02 and len(trials) >= 2
+    assert report.search["best"]["excluded"] and report.search["ranking"][0] in report.search["best"]["excluded"]

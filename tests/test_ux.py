@@ -122,10 +122,11 @@ def test_baseline_comparison_names_what_moved():
 
 
 def test_bench_baseline_catches_a_regression(tmp_path, bench_run, demo_artifacts):
-    """A stored report whose INT8 was ten times as fast and 2 points more accurate: exit 3, both named."""
+    """A stored report whose INT8 was 100 times as fast and 2 points more accurate: exit 3, both
+    named. (10 times was not enough when the stored run itself ran beside a busy process.)"""
     baseline = json.loads(bench_run[0].stdout)
     for entry in baseline["latency"]:
-        entry["variants"]["int8"]["p50_ms"] /= 10
+        entry["variants"]["int8"]["p50_ms"] /= 100
     baseline["accuracy"]["int8_top1"] += 2
     baseline["accuracy"]["score"]["int8"] += 2  # the figure judged: top-1, the default on labels
     (tmp_path / "main.json").write_text(json.dumps(baseline))

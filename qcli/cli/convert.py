@@ -37,7 +37,7 @@ from qcli.cli.options import (
     ThreadsOpt,
     TrustModelOpt,
 )
-from qcli.options import CalibrationOptions, ConvertOptions, JudgeOptions, SearchOptions
+from qcli.options import CalibrationOptions, ConvertOptions, InputShape, JudgeOptions, SearchOptions
 
 if TYPE_CHECKING:
     from qcli.reports import ConvertReport
@@ -145,12 +145,23 @@ SaveConfigOpt = Annotated[
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")]
 
 
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="Dynamic and weight-only modes without samples: the inputs' shapes, batch first, e.g. "
+        "input_ids:1x128:int64,attention_mask:1x128:int64 or 1x3x224x224 (float32 unless a dtype is given).",
+    ),
+]
+
+
 def convert_command(
     ctx: typer.Context,
     model: ModelArg,
     output: OutputOpt,
     stats: StatsOpt = None,
     calib_dir: CalibDirOpt = None,
+    input_shape: InputShapeOpt = None,
     mode: ModeOpt = DEFAULT_MODE,
     method: MethodOpt = DEFAULT_METHOD,
     percentile: PercentileOpt = CONVERT.percentile,
@@ -198,6 +209,7 @@ def convert_command(
             package_batch_sizes=parse_batch_sizes(package_batch_sizes),
             threads=threads,
             search=search,
+            input_shape=InputShape.parse_all(input_shape) if input_shape else (),
         )
         report, gate_error = gated(
             lambda: convert_model_file(

@@ -134,10 +134,7 @@ def artifact_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
         ["source", f"{src.get('file')} ({src.get('format')}, sha256 {str(src.get('sha256'))[:12]}…)"],
         ["inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in report.get("inputs") or [])],
         ["outputs", ", ".join(f"{o['shape']} {o['dtype']}" for o in report.get("outputs") or [])],
-        [
-            "calibration",
-            f"{report['calibration'].get('samples')} samples from {report['calibration'].get('files')} files in '{report['calibration'].get('root')}'",
-        ],
+        ["calibration", _calibration_text(report.get("calibration") or {})],
         ["written by", f"qcli {wb['qcli_version']}, torch {wb['torch_version']}, torchao {wb['torchao_version']}"],
     ]
     if report.get("compiled_for"):
@@ -253,3 +250,12 @@ def per_layer_table(rows: list[dict[str, Any]] | None, suggested: list[str]) -> 
 def say(line: str) -> None:
     """One plain line of results on stdout (no Rich markup or highlighting)."""
     stdout.print(line, markup=False, highlight=False)
+
+
+def _calibration_text(calibration: dict[str, Any]) -> str:
+    """Where the artifact's inputs came from: samples of a folder, or shapes alone."""
+    shapes = calibration.get("input_shapes")
+    if shapes:
+        given = ", ".join(f"{s['name']} {'x'.join(map(str, s['shape']))} {s['dtype']}" for s in shapes)
+        return f"none (dynamic/weight-only from input shapes: {given})"
+    return f"{calibration.get('samples')} samples from {calibration.get('files')} files in '{calibration.get('root')}'"
