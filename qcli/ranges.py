@@ -8,7 +8,8 @@ the HistogramObserver keeps per tensor). The chosen range becomes an affine uint
 - ``percentile``: drop the ``(100 - p)`` percent tails (one tail for a non-negative tensor).
 - ``mse``: the range with the least expected squared quantization error over the histogram.
 - ``entropy``: the range whose quantized distribution is closest in KL divergence to the observed
-  one (TensorRT's calibration, on the upper tail; both tails are searched for signed tensors).
+  one (TensorRT's calibration, on the upper tail; both tails are searched for signed tensors),
+  widened where its expected squared error exceeds 1.5 times the least achievable (``guarded``).
 """
 
 from __future__ import annotations
@@ -191,6 +192,36 @@ def entropy_range(
     return float(max(lo, -threshold)), float(min(hi, threshold))
 
 
+GUARD_FACTOR = 1.5  # a range may cost at most this many times the least expected squared error
+
+
+def guarded(
+    found: tuple[float, float], counts: np.ndarray, lo: float, hi: float, qmin: int = 0, qmax: int = 255
+) -> tuple[float, float]:
+    """``found`` (an entropy range), widened where it clips so much that its expected squared
+    quantization error exceeds GUARD_FACTOR times the least achievable (``mse_range``'s).
+
+    KL divergence compares the shapes of the clipped and the observed distributions, not the size
+    of the error: on a residual CNN whose activations are unbounded before the adds it clipped a
+    ReLU output of 0..6.57 at 3.36 (87 times the error of the MSE range) and a stem output at
+    -2.66..2.66 of -3.84..3.21 (15 times): its worst layer fell to 21.9 dB output SQNR against
+    histogram's 31.1. Guarded at 1.5 times the least error it reached 29.6 dB (at 2 times, 23.9).
+    The widened range is the one nearest ``found`` on the line to the MSE range within the bound.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() == 0 or hi <= lo:
+        return found
+    best = mse_range(counts, lo, hi, qmin, qmax)
+    bound = GUARD_FACTOR * quantization_error(counts, lo, hi, *best, qmin, qmax) + 1e-30
+    if quantization_error(counts, lo, hi, *found, qmin, qmax) <= bound:
+        return found
+    for t in np.linspace(0.0, 1.0, 65)[1:]:
+        a, b = found[0] + t * (min(best[0], found[0]) - found[0]), found[1] + t * (max(best[1], found[1]) - found[1])
+        if quantization_error(counts, lo, hi, a, b, qmin, qmax) <= bound:
+            return float(a), float(b)
+    return best
+
+
 def choose_range(
     method: str, counts: np.ndarray, lo: float, hi: float, percentile: float = 99.99, qmin: int = 0, qmax: int = 255
 ) -> tuple[float, float]:
@@ -202,7 +233,7 @@ def choose_range(
     elif method == "mse":
         a, b = mse_range(counts, lo, hi, qmin, qmax)
     elif method == "entropy":
-        a, b = entropy_range(counts, lo, hi, levels=qmax - qmin + 1)
+        a, b = guarded(entropy_range(counts, lo, hi, levels=qmax - qmin + 1), counts, lo, hi, qmin, qmax)
     else:
         raise ValueError(f"unknown range method '{method}' (known: {', '.join(METHODS)})")
     return max(float(lo), a), min(float(hi), b)

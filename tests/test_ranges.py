@@ -97,9 +97,15 @@ def test_outliers_are_clipped_by_percentile_and_entropy():
     x = np.abs(rng.standard_normal(100_000))
     x[:5] = 40.0
     counts, lo, hi = hist(x)
-    for method in ("percentile", "entropy"):
-        a, b = ranges.choose_range(method, counts, lo, hi)
-        assert a == lo and 3.0 < b < 8.0, (method, b)
+    a, b = ranges.choose_range("percentile", counts, lo, hi)
+    assert a == lo and 3.0 < b < 8.0, b
+    # KL alone clips them too; but clipping five values at 40 down to ~5 costs 30 times the
+    # squared error of keeping them, so qcli's entropy keeps the range within 1.5 times the least
+    a, b = ranges.entropy_range(counts, lo, hi)
+    assert a == lo and 3.0 < b < 8.0, b
+    best = ranges.quantization_error(counts, lo, hi, *ranges.mse_range(counts, lo, hi))
+    chosen = ranges.choose_range("entropy", counts, lo, hi)
+    assert ranges.quantization_error(counts, lo, hi, *chosen) <= ranges.GUARD_FACTOR * best * (1 + 1e-9)
     # every method stays inside the observed range
     for method in ranges.METHODS:
         a, b = ranges.choose_range(method, counts, lo, hi)
@@ -260,8 +266,9 @@ def test_hard_architectures_keep_accuracy(arch, weights, mnist_preprocess, eval_
 
 
 def test_auto_picks_per_tensor_and_beats_a_bad_method(demo_stats, demo_model):
-    """auto chooses among the methods per tensor by the next layer's error; on the outlier-free demo
-    its end-to-end error is no worse than entropy's (which clips the most)."""
+    """auto chooses among the methods per tensor by the next layer's error: a greedy choice, so
+    end to end it is not always the best method (on the demo: 33.8 dB, between mse's 32.4 and the
+    guarded entropy's 35.6), but it is never the worst."""
     from qcli import metrics
     from qcli.calibrate import apply_stats, prepare
     from qcli.convert import auto_methods, quantize
@@ -269,14 +276,14 @@ def test_auto_picks_per_tensor_and_beats_a_bad_method(demo_stats, demo_model):
     stats, spec = demo_stats
     samples = stats.samples()
     sqnr = {}
-    for method in ("entropy", "auto"):
+    for method in (*ranges.METHODS, "histogram", "auto"):
         prepared = prepare(demo_model, stats.example(), spec)
         apply_stats(prepared, stats, demo_model.sha256)
         with torch.no_grad():
             sqnr[method] = metrics.sqnr_db(
                 *metrics.power_sums(demo_model.module(*samples), quantize(prepared, method, samples=samples)(*samples))
             )
-    assert sqnr["auto"] >= sqnr["entropy"]
+    assert sqnr["auto"] > min(v for k, v in sqnr.items() if k != "auto"), sqnr
     prepared = prepare(demo_model, stats.example(), spec)
     apply_stats(prepared, stats, demo_model.sha256)
     candidates = {name: {m: ranges.choose_range(m, obs.histogram.double().numpy(), float(obs.min_val), float(obs.max_val)) for m in ranges.METHODS}
@@ -346,3 +353,49 @@ def test_bias_correction_of_a_linear_over_tokens():
     converted = quantize(prepared)
     changes = layers.bias_correct(fp32, converted, (x,))
     assert [c["name"] for c in changes] == ["0", "2"]
+
+
+def test_entropy_cannot_collapse_on_an_unbounded_residual_network():
+    """Two calibration histograms of a residual CNN trained here on the demo digits (no activation
+    after its adds; ``tests/data/entropy-collapse.npz``: min, max, 2048 counts): TensorRT's KL
+    threshold clipped a ReLU output of 0..6.57 at 3.36 and a stem output of -3.84..3.21 at +-2.66,
+    87 and 15 times the squared error of the MSE range. qcli's entropy keeps within 1.5 times."""
+    from pathlib import Path
+
+    data = np.load(Path(__file__).parent / "data" / "entropy-collapse.npz")
+    for name, raw_factor in (("tensor4", 50), ("tensor2", 10)):
+        lo, hi, counts = data[name][0], data[name][1], data[name][2:]
+
+        def error(r, counts=counts, lo=lo, hi=hi):
+            return ranges.quantization_error(counts, lo, hi, *r)
+
+        best = error(ranges.mse_range(counts, lo, hi))
+        assert error(ranges.entropy_range(counts, lo, hi)) > raw_factor * best  # the collapse, reproduced
+        chosen = ranges.choose_range("entropy", counts, lo, hi)
+        assert error(chosen) <= ranges.GUARD_FACTOR * best * (1 + 1e-9)
+        assert lo <= chosen[0] < chosen[1] <= hi
+
+
+def test_a_range_method_much_worse_than_the_default_is_named(tmp_path, monkeypatch, mnist_preprocess):
+    """Unguarded KL entropy on the demo puts its worst layer at 16.9 dB where the default gives
+    29.5 on the same statistics: convert says so. Guarded (qcli's entropy) it reaches 30.7 dB and
+    nothing is said."""
+    from qcli import demo
+    from qcli.api import convert_model_file
+    from qcli.config import Recipe
+    from qcli.load import ArchSpec
+    from qcli.options import ConvertOptions
+
+    def convert(name: str):
+        return convert_model_file(
+            demo.WEIGHTS, tmp_path / f"{name}.pt2", calib_dir=demo.CALIB_DIR, arch=ArchSpec.parse(demo.ARCH),
+            recipe=Recipe(preprocess=mnist_preprocess),
+            options=ConvertOptions(method="entropy", form="program", calibration=CalibrationOptions(limit=64)),
+        )  # fmt: skip
+
+    guarded = convert("guarded")
+    assert guarded.warnings == [] and min(r["output_sqnr_db"] for r in guarded.per_layer) > 25
+    monkeypatch.setattr(ranges, "GUARD_FACTOR", 1e9)  # TensorRT's threshold, as it comes
+    raw = convert("raw")
+    assert min(r["output_sqnr_db"] for r in raw.per_layer) < 20
+    assert any("with --method entropy the worst layer's output SQNR" in w for w in raw.warnings), raw.warnings
