@@ -486,9 +486,10 @@ def raise_for_gates(report: BenchReport) -> None:
     if gates.verdict == "fail" or (gates.verdict == "inconclusive" and gates.on_inconclusive == "fail"):
         raise GateFailed("; ".join(gates.failures or gates.inconclusive), report=report)
     if gates.verdict == "inconclusive" and gates.on_inconclusive == "error":
+        disturbed = any("the run was disturbed" in reason for reason in gates.inconclusive)
+        advice = "measure again while nothing else runs" if disturbed else "measure longer with --time-budget"
         raise GateInconclusive(
-            "; ".join(gates.inconclusive) + " (measure longer with --time-budget, or settle it with --inconclusive)",
-            report=report,
+            "; ".join(gates.inconclusive) + f" ({advice}, or settle it with --inconclusive)", report=report
         )
 
 

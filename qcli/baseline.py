@@ -7,7 +7,8 @@ Compared figures (only those present in both reports):
 - per batch size, INT8 speed-up over FP32 compiled: regressed when all of its interval lies below
   the baseline's speed-up less the same fraction (machine noise moves both variants, so the ratio
   is the steadier figure);
-- a latency figure whose interval straddles the line is undecided (``verdict: inconclusive``);
+- a latency figure whose interval straddles the line is undecided (``verdict: inconclusive``), and
+  so is every latency figure of a run that other programs disturbed;
 - INT8's figure of the primary metric (``qcli.evaluate``: top-1, agreement, SQNR, AUC, ...), when
   both reports judged by the same metric and output: regressed when it fell by more than the
   accuracy tolerance, in the points ``--max-drop`` uses for that metric (``score_points``); reports
@@ -81,13 +82,14 @@ def compare(
         rise = now.p50_ms / then_ms - 1
         ceiling = then_ms * (1 + latency_tolerance)  # regressed: the median is above it
         low, high = now.p50_low_ms or now.p50_ms, now.p50_high_ms or now.p50_ms
-        decided = verdict(-high, -low, -ceiling)  # pass when the whole interval is at or under it
+        disturbed = timing.noise is not None and timing.noise.disturbed  # decides nothing on speed
+        decided = "inconclusive" if disturbed else verdict(-high, -low, -ceiling)  # pass: all of it under
         rows.append(_row(f"int8 p50 ms at batch {b}", then_ms, now.p50_ms, rise, "%", decided))
         then_x, now_x = old.speedup("fp32_compiled"), timing.speedup("fp32_compiled")
         found = timing.speedups.get("fp32_compiled") or (Interval(now_x, now_x, now_x) if now_x else None)
         if found is not None and then_x:
             fall = found.value / then_x - 1
-            decided = verdict(found.low, found.high, then_x * (1 - latency_tolerance))
+            decided = "inconclusive" if disturbed else verdict(found.low, found.high, then_x * (1 - latency_tolerance))
             rows.append(_row(f"speedup vs FP32 compiled at batch {b}", then_x, found.value, fall, "%", decided))
     acc_now, acc_then = current.accuracy, baseline.accuracy
     now_score, then_score = (acc_now.score if acc_now else None), (acc_then.score if acc_then else None)
