@@ -488,8 +488,7 @@ def read_targets(folder: SampleFolder) -> dict[str, list[float]] | None:
 
 def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -> tuple[Any, ...]:
     """Example inputs (two rows, as export needs) from ``--input-shape`` (``qcli.options.InputShape``),
-    or from the shapes the model file records (an exported program's inputs, a traced TorchScript
-    graph's): floats are seeded normal values, integers and booleans ones (a valid token id and a
+    or from the shapes the model file records (an exported program's inputs): floats are seeded normal values, integers and booleans ones (a valid token id and a
     full attention mask)."""
     import torch
 
@@ -546,20 +545,13 @@ def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -
 
 
 def recorded_example(module: Any) -> tuple[Any, ...] | None:
-    """Inputs of the shapes an exported program's graph or a traced TorchScript graph records
-    (None when it records none): floats seeded normal, integers ones."""
+    """Inputs of the shapes an exported program's graph records (None when it records none):
+    floats seeded normal, integers ones."""
     import torch
 
     shapes: list[tuple[list[int], Any]] = []
-    if isinstance(module, torch.jit.ScriptModule):
-        for value in list(module.graph.inputs())[1:]:  # the first is self
-            kind = value.type()
-            sizes = kind.sizes() if isinstance(kind, torch._C.TensorType) else None
-            dtype = kind.dtype() if isinstance(kind, torch._C.TensorType) else None
-            if sizes is None or dtype is None or any(d is None for d in sizes):
-                return None
-            shapes.append((list(sizes), dtype))
-    elif isinstance(module, torch.fx.GraphModule):
+    # a TorchScript file keeps no input sizes once saved (a traced graph's are erased on load)
+    if isinstance(module, torch.fx.GraphModule):
         for node in module.graph.nodes:
             if node.op != "placeholder":
                 continue
