@@ -561,6 +561,8 @@ def preprocess_warning(recorded: Any, recipe: Recipe, folder: SampleFolder, wher
     before = {**PreprocessConfig().to_dict(), **before}  # keys added since: their defaults
     now = recipe.preprocess.to_dict()
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if "auto" in (before.get("channels"), now.get("channels")):  # auto follows the model: may match
+        changed = [k for k in changed if k != "channels"]
     if not changed:
         return None
     shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])

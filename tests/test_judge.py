@@ -327,3 +327,26 @@ def test_bench_shows_every_output_and_judges_the_chosen_one(detector, tmp_path):
     assert report["fp32_compiled_form"] == "program"  # a program artifact against FP32 compiled alike
     html = (tmp_path / "b.html").read_text()
     assert "SQNR per output" in html and "accuracy judged by auc" in html
+
+
+def test_preprocessing_unlike_the_calibration_warns(tmp_path):
+    """The demo calibrated with its recipe, then searched with none: the evaluation reads the
+    images otherwise, and the report says so (the same check runs in bench against the artifact)."""
+    from qcli.api import calibrate_model, preprocess_warning
+    from qcli.config import Recipe, load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "configs" / "mnist.toml")
+    arch = ArchSpec.parse(demo.ARCH)
+    calibrate_model(demo.WEIGHTS, demo.CALIB_DIR, tmp_path / "s.safetensors", arch=arch, recipe=recipe,
+                    options=CalibrationOptions(limit=32))  # fmt: skip
+    folder = SampleFolder.open(demo.EVAL_DIR)
+    recorded = {"preprocess": recipe.preprocess.to_dict()}
+    assert preprocess_warning(recorded, recipe, folder, "calibration") is None
+    warning = preprocess_warning(recorded, Recipe(), folder, "calibration")
+    assert (
+        warning is not None and "preprocessed differently from calibration (mean [0.1307] -> [0.0]" in warning and "--config" in warning
+    )
+    search = SearchOptions(max_drop=100.0, eval_dir=demo.EVAL_DIR, eval_limit=64)
+    report = convert_model_file(demo.WEIGHTS, tmp_path / "x.pt2", stats=tmp_path / "s.safetensors", arch=arch,
+                                options=ConvertOptions(form="program", search=search))  # fmt: skip
+    assert any("preprocessed differently from calibration" in w for w in report.warnings), report.warnings
