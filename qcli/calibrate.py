@@ -88,9 +88,11 @@ def prepare(
 
         module = torchscript.to_module(module, example, loaded.path)
     program = engine.export(module, example, spec.names, sequence=spec.sequence)
+    exported = program.module()
+    graph.linears_in_other_clothes(exported)  # Conv1D's addmm, x @ W: linear layers too
     if mode != "static":
-        return Prepared(program.module(), example, spec, mode, weights, exclude)
-    observed = engine.prepare_pt2e(program.module(), exclude, weights)
+        return Prepared(exported, example, spec, mode, weights, exclude)
+    observed = engine.prepare_pt2e(exported, exclude, weights)
     return Prepared(observed, example, spec, mode, weights, exclude)
 
 

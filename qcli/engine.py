@@ -22,7 +22,10 @@ if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is 
     from torch.nn import Module
 
 
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._inductor", "torch._dynamo", "torch.export", "torch._export")
+# loggers whose lines never concern a CPU user of qcli, whoever triggers them: torchao's warning for
+# each CUDA library it cannot load, torch's pytree deprecations (the CLI keeps them at ERROR)
+LIBRARY_NOISE = ("torchao", "torch.utils._pytree")
+_NOISY_LOGGERS = (*LIBRARY_NOISE, "torch._inductor", "torch._dynamo", "torch.export", "torch._export")
 
 
 @contextlib.contextmanager
@@ -128,7 +131,9 @@ def prepare_pt2e(graph: GraphModule, exclude: tuple[str, ...] = (), weights: str
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as _prepare
 
-        return _prepare(graph, quantizer(exclude, weights))
+        prepared = _prepare(graph, quantizer(exclude, weights))
+    graph_helpers.drop_integer_observers(prepared)
+    return prepared
 
 
 def convert_pt2e(prepared: Any) -> Any:

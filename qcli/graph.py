@@ -232,3 +232,82 @@ def digest(program: ExportedProgram) -> str:
             sha.update(f"{value.dtype}{tuple(value.shape)}".encode())
             sha.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return sha.hexdigest()
+
+
+def drop_integer_observers(gm: GraphModule) -> list[str]:
+    """Remove the observers PT2E put on integer tensors; returns their names.
+
+    The X86 quantizer annotates ``mul``/``add`` nodes whatever their dtype, so integer arithmetic
+    (RoBERTa derives position ids from the token ids: ``cumsum(mask) * mask``) got observers,
+    whose histogram fails on integers ("histogram_cpu" not implemented for 'Int'). Integer
+    tensors are not quantized: their observers go, and the ops stay as they are.
+    """
+    import torch
+
+    dropped = []
+    for node in observer_nodes(gm):
+        source = node.args[0] if node.args else None
+        value = getattr(source, "meta", {}).get("val")
+        if isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
+            node.replace_all_uses_with(source)
+            gm.graph.erase_node(node)
+            gm.delete_submodule(str(node.target))
+            dropped.append(str(node.target))
+    if dropped:
+        gm.recompile()
+    return dropped
+
+
+def linears_in_other_clothes(gm: GraphModule) -> int:
+    """Rewrite linear layers that are not ``aten.linear`` into it, in place; returns how many.
+
+    ``transformers``' ``Conv1D`` (GPT-2's attention and MLP projections) stores its weight as
+    ``[in, out]`` and calls ``addmm(bias, x, weight)``; other models multiply by a parameter
+    (``x @ W``: ``matmul``/``mm``). The quantizer, the dynamic rewrite and the layer count know
+    only ``aten.linear``: a GPT-2 reported "1 of 1 conv/linear layers INT8" (its LM head). Each
+    such call on a stored 2-D float weight becomes ``linear(x, W.T, bias)`` with the transposed
+    weight stored once (the original stays for any other use, e.g. tied embeddings).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target == aten.addmm.default and len(node.args) == 3:
+            bias, x, w = node.args
+        elif node.target in (aten.matmul.default, aten.mm.default) and len(node.args) == 2:
+            (x, w), bias = node.args, None
+        else:
+            continue
+        if getattr(w, "op", None) != "get_attr" or (bias is not None and getattr(bias, "op", None) != "get_attr"):
+            continue
+        weight = get_attr(gm, str(w.target))
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not weight.is_floating_point():
+            continue
+        if bias is not None and get_attr(gm, str(bias.target)).ndim != 1:
+            continue
+        name = str(w.target).replace(".", "_") + "_as_linear"
+        if not hasattr(gm, name):
+            gm.register_parameter(name, torch.nn.Parameter(weight.detach().t().contiguous(), requires_grad=False))
+        with gm.graph.inserting_before(node):
+            transposed = gm.graph.get_attr(name)
+            if "val" in w.meta:
+                transposed.meta["val"] = w.meta["val"].t()
+            args = (x, transposed) if bias is None else (x, transposed, bias)
+            linear = gm.graph.call_function(aten.linear.default, args)
+        linear.meta = dict(node.meta)
+        # the X86 quantizer finds linear layers by the function they came from
+        linear.meta["source_fn_stack"] = [(linear.name, torch.nn.functional.linear)]
+        stack = dict(linear.meta.get("nn_module_stack") or {})
+        if not stack or not list(stack.values())[-1][0]:  # x @ W in the top module: named after W
+            stack[f"qcli_{name}"] = (str(w.target).removesuffix(".weight"), "Linear")
+            linear.meta["nn_module_stack"] = stack
+        node.replace_all_uses_with(linear)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return count

@@ -227,3 +227,64 @@ class TokenEncoder(TinyEncoder):
 def token_encoder() -> TokenEncoder:
     torch.manual_seed(0)
     return TokenEncoder().eval()
+
+
+class PositionFromIds(nn.Module):
+    """RoBERTa's position ids: computed from the token ids with integer arithmetic
+    (``cumsum(ids != pad) * (ids != pad) + pad``), then embedded beside the tokens. The X86
+    quantizer annotates such integer ``mul``/``add`` nodes like float ones."""
+
+    def __init__(self, vocab: int = 100, dim: int = 32, pad: int = 1) -> None:
+        super().__init__()
+        self.pad = pad
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(64, dim)
+        self.fc = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = input_ids.ne(self.pad).int()
+        positions = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + self.pad
+        h = self.tokens(input_ids) + self.positions(positions)
+        return self.head(torch.relu(self.fc(h))).mean(1)
+
+
+def position_from_ids() -> PositionFromIds:
+    torch.manual_seed(0)
+    return PositionFromIds().eval()
+
+
+class Conv1D(nn.Module):
+    """``transformers``' Conv1D (GPT-2's attention and MLP projections): a linear layer whose
+    weight is stored transposed, ``[in, out]``, and applied with ``addmm``."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.05)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class GPT2Block(nn.Module):
+    """GPT-2's MLP and output projection in Conv1D clothes, plus a head that multiplies by a
+    parameter matrix (``x @ W``): linear layers qcli must recognise without ``nn.Linear``."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.c_fc = Conv1D(4 * dim, dim)
+        self.c_proj = Conv1D(dim, 4 * dim)
+        self.head_weight = nn.Parameter(torch.randn(dim, 8) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.c_proj(torch.nn.functional.gelu(self.c_fc(x)))
+        return h @ self.head_weight
+
+
+def gpt2_block() -> GPT2Block:
+    torch.manual_seed(0)
+    return GPT2Block().eval()

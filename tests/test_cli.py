@@ -232,3 +232,30 @@ def test_a_report_that_cannot_be_written_after_a_failed_gate_still_exits_3(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3
     assert err[0].startswith("qcli: error: cannot write the report") and "under --min-speedup 9" in err[-1]
+
+
+NOISY_ARCH = """
+import logging
+from models import residual_mlp
+
+# what importing transformers does on this machine: torchao logs each CUDA library it cannot load,
+# torch logs pytree deprecations
+logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.so: Could not load this library")
+logging.getLogger("torch.utils._pytree").warning("<enum 'KernelPreference'> is an Enum subclass")
+logging.getLogger("mine").warning("the user's own warning")
+
+def build():
+    return residual_mlp()
+"""
+
+
+def test_library_noise_from_an_arch_import_is_hidden(tmp_path):
+    """An --arch module that imports transformers made torchao and torch print their log lines on
+    every command; they are hidden now, and the user's own warnings are not."""
+    (tmp_path / "noisy.py").write_text(NOISY_ARCH)
+    torch.save(residual_mlp().state_dict(), tmp_path / "mlp.pt")
+    proc = run_qcli("inspect", "mlp.pt", "--arch", "noisy:build", cwd=tmp_path,
+                    env={"PYTHONPATH": f"{TESTS}{os.pathsep}{tmp_path}"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Failed to load" not in proc.stderr and "Enum subclass" not in proc.stderr
+    assert "the user's own warning" in proc.stderr

@@ -344,7 +344,9 @@ def test_preprocessing_unlike_the_calibration_warns(tmp_path):
     assert preprocess_warning(recorded, recipe, folder, "calibration") is None
     warning = preprocess_warning(recorded, Recipe(), folder, "calibration")
     assert (
-        warning is not None and "preprocessed differently from calibration (mean [0.1307] -> [0.0]" in warning and "--config" in warning
+        warning is not None
+        and "preprocessed differently from calibration (mean [0.1307] -> [0.0]" in warning
+        and "--config" in warning
     )
     search = SearchOptions(max_drop=100.0, eval_dir=demo.EVAL_DIR, eval_limit=64)
     report = convert_model_file(demo.WEIGHTS, tmp_path / "x.pt2", stats=tmp_path / "s.safetensors", arch=arch,

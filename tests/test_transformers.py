@@ -311,3 +311,55 @@ def test_dynamic_per_layer_report_and_search_fall_back_a_layer(tmp_path):
     trials = report.search["trials"]
     assert report.search["met"] and trials[0]["drop"] > 0.02 and len(trials) >= 2
     assert report.search["best"]["excluded"] and report.search["ranking"][0] in report.search["best"]["excluded"]
+
+
+def test_integer_arithmetic_in_the_graph_gets_no_observer(tmp_path):
+    """RoBERTa-style position ids (integer cumsum and mul of the token ids): static calibration
+    crashed with '"histogram_cpu" not implemented for 'Int'' on the observer the X86 quantizer put
+    on the integer mul; those tensors are not quantized now, and the model converts."""
+    from models import position_from_ids
+
+    from qcli.api import convert_model_file
+    from qcli.artifact import load_program_module
+    from qcli.load import ArchSpec
+    from qcli.options import ConvertOptions
+
+    save_file(position_from_ids().state_dict(), str(tmp_path / "p.safetensors"))
+    ids = torch.randint(2, 100, (16, 12), generator=torch.Generator().manual_seed(0))
+    ids[:, -3:] = 1  # padding at the end, as a tokenizer leaves it
+    (tmp_path / "calib").mkdir()
+    torch.save({"input_ids": ids}, tmp_path / "calib" / "a.pt")
+    report = convert_model_file(tmp_path / "p.safetensors", tmp_path / "p.pt2", calib_dir=tmp_path / "calib",
+                                arch=ArchSpec.parse("models:position_from_ids"), options=ConvertOptions(form="program"))  # fmt: skip
+    assert report.quantized_layers == 2
+    with torch.no_grad():
+        want, got = position_from_ids()(ids), load_program_module(tmp_path / "p.pt2")(ids)
+    assert float(metrics.cosine_per_sample(want, got).min()) > 0.99
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_linear_layers_in_other_clothes_are_quantized(tmp_path, mode):
+    """GPT-2's Conv1D (addmm on a [in, out] weight) and x @ W on a parameter are linear layers:
+    counted, quantized and named (a GPT-2 reported "1 of 1 conv/linear layers INT8")."""
+    from models import gpt2_block
+
+    from qcli.api import convert_model_file
+    from qcli.artifact import load_program_module
+    from qcli.load import ArchSpec
+    from qcli.options import CalibrationOptions, ConvertOptions
+
+    save_file(gpt2_block().state_dict(), str(tmp_path / "g.safetensors"))
+    x = torch.randn(32, 10, 32, generator=torch.Generator().manual_seed(0))
+    (tmp_path / "calib").mkdir()
+    torch.save(x, tmp_path / "calib" / "a.pt")
+    options = ConvertOptions(calibration=CalibrationOptions(mode=mode), form="program")
+    report = convert_model_file(tmp_path / "g.safetensors", tmp_path / "g.pt2", calib_dir=tmp_path / "calib",
+                                arch=ArchSpec.parse("models:gpt2_block"), options=options)  # fmt: skip
+    assert [(la.name, la.quantized) for la in report.layers] == [
+        ("c_fc", True),
+        ("c_proj", True),
+        ("head_weight", True),
+    ]
+    with torch.no_grad():
+        want, got = gpt2_block()(x), load_program_module(tmp_path / "g.pt2")(x)
+    assert float(metrics.cosine_per_sample(want, got).min()) > 0.99

@@ -117,7 +117,8 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _warnings_to_stderr() -> None:
-    """The library's warnings (logger ``qcli``) as ``qcli: warning: ...`` lines on stderr."""
+    """The library's warnings (logger ``qcli``) as ``qcli: warning: ...`` lines on stderr; torchao's
+    and torch's noise for CPU users (``engine.LIBRARY_NOISE``) hidden."""
     import logging
 
     logger = logging.getLogger("qcli")
@@ -127,6 +128,10 @@ def _warnings_to_stderr() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
+    from qcli.engine import LIBRARY_NOISE
+
+    for name in LIBRARY_NOISE:  # however torchao gets imported (dynamic mode, a user's --arch)
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:
