@@ -128,6 +128,11 @@ def quantizer(exclude: tuple[str, ...] = (), weights: str = "per-channel") -> An
 def prepare_pt2e(graph: GraphModule, exclude: tuple[str, ...] = (), weights: str = "per-channel") -> Any:
     """Insert static-INT8 observers (see ``quantizer``)."""
     graph_helpers.split_reused_modules(graph)
+    # what the model computes and drops (RoBERTa's pooler when a wrapper returns only the hidden
+    # states: export keeps it) leaves a Linear -> Tanh partition without outputs, on which the X86
+    # quantizer fails with IndexError
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as _prepare
 

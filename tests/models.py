@@ -288,3 +288,32 @@ class GPT2Block(nn.Module):
 def gpt2_block() -> GPT2Block:
     torch.manual_seed(0)
     return GPT2Block().eval()
+
+
+class _EncoderWithPooler(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.pooler = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.fc(x))
+        return h, torch.tanh(self.pooler(h[:, 0]))
+
+
+class UnusedPooler(nn.Module):
+    """A BERT/RoBERTa wrapper's shape: the inner model returns its hidden states and a pooled
+    output (Linear then Tanh), and the wrapper keeps only ``last_hidden_state``. Export leaves the
+    dropped branch in the graph, and it broke the X86 quantizer (IndexError)."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.model = _EncoderWithPooler(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+
+def unused_pooler() -> UnusedPooler:
+    torch.manual_seed(0)
+    return UnusedPooler().eval()

@@ -363,3 +363,22 @@ def test_linear_layers_in_other_clothes_are_quantized(tmp_path, mode):
     with torch.no_grad():
         want, got = gpt2_block()(x), load_program_module(tmp_path / "g.pt2")(x)
     assert float(metrics.cosine_per_sample(want, got).min()) > 0.99
+
+
+def test_a_computed_and_dropped_branch_does_not_break_static_int8():
+    """RoBERTa behind a wrapper that returns only its hidden states: export keeps the pooler
+    (Linear, Tanh) whose output nobody uses, and the X86 quantizer failed on that partition with
+    IndexError (seen with transformers' RobertaModel; 12 of 12 layers INT8 once removed). Here a
+    branch is left dead by hand in an exported graph, and must be gone before annotation."""
+    from models import unused_pooler
+
+    from qcli import engine
+
+    x = torch.randn(2, 8, 32)
+    gm = torch.export.export(unused_pooler().model, (x,)).module()  # returns (hidden, pooled)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    hidden, pooled = output.args[0]
+    output.args = ((hidden, hidden),)  # pooled is computed and dropped now
+    assert not pooled.users
+    prepared = engine.prepare_pt2e(gm)
+    assert not any(n.target is torch.ops.aten.tanh.default for n in prepared.graph.nodes)
