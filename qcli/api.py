@@ -287,7 +287,15 @@ def _search(loaded: LoadedModel, source: Calibrated, options: ConvertOptions, re
         warnings.extend(w for w in accuracy.warnings if w not in warnings)
         return accuracy
 
-    searcher = Searcher(loaded, prepared, source.samples, evaluate_int8, options.method, options.percentile)
+    samples = source.samples
+    if samples is None and prepared.mode != "static":
+        # dynamic/weight-only from input shapes alone: no calibration samples to rank the layers
+        # by, so the first evaluation batch ranks them (static ranges never come from it)
+        from qcli.calibrate import args_for
+
+        batch = next(folder.batches(prepared.spec, batch_size=32, limit=32), None)
+        samples = args_for(batch.inputs, prepared.spec) if batch is not None else None
+    searcher = Searcher(loaded, prepared, samples, evaluate_int8, options.method, options.percentile)
     result = search(searcher, search_options)
     result.warnings = warnings
     if result.best.excluded != prepared.exclude:

@@ -294,7 +294,7 @@ def test_dynamic_per_layer_report_and_search_fall_back_a_layer(tmp_path):
 
     from qcli.api import convert_model_file
     from qcli.load import ArchSpec
-    from qcli.options import CalibrationOptions, ConvertOptions, SearchOptions
+    from qcli.options import CalibrationOptions, ConvertOptions, InputShape, SearchOptions
 
     torch.save(residual_mlp().state_dict(), tmp_path / "mlp.pt")
     rng = np.random.default_rng(0)
@@ -311,6 +311,13 @@ def test_dynamic_per_layer_report_and_search_fall_back_a_layer(tmp_path):
     trials = report.search["trials"]
     assert report.search["met"] and trials[0]["drop"] > 0.02 and len(trials) >= 2
     assert report.search["best"]["excluded"] and report.search["ranking"][0] in report.search["best"]["excluded"]
+    # from the input shape alone, the evaluation samples rank the layers: the same fall-back
+    shapes = InputShape.parse_all("1x64")
+    options = ConvertOptions(calibration=CalibrationOptions(mode="dynamic"), form="program", search=search,
+                             input_shape=shapes)  # fmt: skip
+    no_data = convert_model_file(tmp_path / "mlp.pt", tmp_path / "e.pt2", arch=ArchSpec.parse("models:residual_mlp"),
+                                 options=options)  # fmt: skip
+    assert no_data.search["met"] and no_data.search["best"]["excluded"] == report.search["best"]["excluded"]
 
 
 def test_integer_arithmetic_in_the_graph_gets_no_observer(tmp_path):
