@@ -718,5 +718,6 @@ def inspect_path(
     from qcli.describe import describe
 
     path = Path(path)
-    require_file(path, "model")
+    if not path.is_dir():  # a model folder is read by load_model
+        require_file(path, "model")
     return describe(path, arch, trust_model)

@@ -19,7 +19,9 @@ QUANTIZED_TYPES = {"static": ("Conv1d", "Conv2d", "Conv3d", "Linear"), "dynamic"
 def describe(
     path: Path, arch: ArchSpec | None = None, trust_model: bool = False
 ) -> InspectModelReport | InspectArtifactReport:
-    """What a model file or a qcli artifact holds."""
+    """What a model file (or model folder) or a qcli artifact holds."""
+    if path.is_dir():
+        return describe_model(path, arch, trust_model)
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or is_qcli_artifact(path):
         return describe_artifact(path)

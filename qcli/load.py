@@ -26,6 +26,7 @@ TORCHSCRIPT = "torchscript"
 STATE_DICT = "state-dict"
 SAFETENSORS = "safetensors"
 EXPORTED_PROGRAM = "exported-program"
+HF_FOLDER = "hf-folder"  # a save_pretrained folder (qcli.hf)
 AOTI_PACKAGE = "aoti-package"
 QCLI_EXTRA = "qcli.json"  # name of qcli's metadata file inside an exported program
 
@@ -201,6 +202,8 @@ def load_model(path: Path, arch: ArchSpec | None = None, trust_model: bool = Fal
     import anything but tensors, unless ``trust_model``.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path, arch, trust_model)
     require_file(path, "model")
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or (fmt == EXPORTED_PROGRAM and is_qcli_artifact(path)):
@@ -217,6 +220,22 @@ def load_model(path: Path, arch: ArchSpec | None = None, trust_model: bool = Fal
     if fmt != EXPORTED_PROGRAM:  # an exported program's module is already inference-only
         module.eval()
     return LoadedModel(module, fmt, path, sha256_file(path), path.stat().st_size, arch)
+
+
+def _load_folder(path: Path, arch: ArchSpec | None, trust_model: bool) -> LoadedModel:
+    """A Hugging Face model folder (``qcli.hf``); any other folder is a mistake."""
+    from qcli import hf
+
+    if not hf.is_model_folder(path):
+        raise ModelLoadError(
+            f"'{path}' is a folder without config.json; pass a model file, or a folder written by save_pretrained",
+            path=path,
+        )
+    if arch is not None:
+        raise ArchError(f"--arch is for state dicts; the model folder '{path}' builds its own architecture")
+    module = hf.load_folder(path, trust_model)
+    sha256, size = hf.folder_digest(path)
+    return LoadedModel(module, HF_FOLDER, path, sha256, size, None)
 
 
 @loader(TORCHSCRIPT)

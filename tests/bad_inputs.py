@@ -311,7 +311,12 @@ def recipe(text: str) -> Callable[[Path], list[str]]:
 
 CASES: list[Case] = [
     Case("missing model path", lambda d: ["inspect", "nothing.pt"], 2, "does not exist"),
-    Case("folder given as the model", lambda d: ((d / "model").mkdir(), ["inspect", "model"])[1], 2, "is a directory"),
+    Case(
+        "folder without config.json given as the model",
+        lambda d: ((d / "model").mkdir(), ["inspect", "model"])[1],
+        1,
+        "is a folder without config.json",
+    ),
     Case("file given as the calibration folder", lambda d: calibrate_args(d, None, weights(d)), 2, "is a file"),
     Case("missing calibration folder", lambda d: calibrate_args(d, None, "nowhere"), 2, "does not exist"),
     Case("empty model file", model_file(b""), 1, "is empty"),

@@ -17,7 +17,9 @@ def inspect_command(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="MODEL_OR_ARTIFACT", exists=True, dir_okay=False, help="A model file or a qcli INT8 artifact."
+            metavar="MODEL_OR_ARTIFACT",
+            exists=True,
+            help="A model file, a Hugging Face model folder or a qcli INT8 artifact.",
         ),
     ],
     arch: ArchOpt = None,

@@ -52,8 +52,8 @@ ModelArg = Annotated[
     typer.Argument(
         metavar="MODEL",
         exists=True,
-        dir_okay=False,
-        help="FP32 model: TorchScript archive, state dict (.pt/.pth/.bin/.safetensors, needs --arch) or exported program (.pt2).",
+        help="FP32 model: TorchScript archive, state dict (.pt/.pth/.bin/.safetensors, needs --arch), exported "
+        "program (.pt2), or a Hugging Face model folder (config.json and weights; pip install 'qcli[hf]').",
     ),
 ]
 ArchOpt = Annotated[

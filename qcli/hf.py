@@ -1,0 +1,97 @@
+"""Hugging Face model folders as MODEL: ``config.json`` plus ``model.safetensors`` (or shards with
+an index), as ``save_pretrained`` writes them.
+
+The architecture is built by ``transformers`` (the optional extra ``qcli[hf]``), offline: nothing
+is ever downloaded (``local_files_only``, ``HF_HUB_OFFLINE=1``). A config that names its own code
+(``auto_map``: ``trust_remote_code`` models) would run that code; it is refused unless the user
+passes ``--trust-model``. The class is the config's own architecture (``architectures[0]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from qcli.errors import ModelLoadError, UntrustedModel
+
+CONFIG = "config.json"
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG).is_file()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+
+
+def folder_digest(folder: Path) -> tuple[str, int]:
+    """SHA-256 over the config and weight files (names and contents, in name order), and the
+    weights' total size: what identifies the model the folder holds."""
+    digest = hashlib.sha256()
+    size = 0
+    for path in [folder / CONFIG, *weight_files(folder)]:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if path.name != CONFIG:
+            size += path.stat().st_size
+    return digest.hexdigest(), size
+
+
+def load_folder(folder: Path, trust_model: bool = False) -> Any:
+    """The model a ``save_pretrained`` folder holds, built by ``transformers`` in eval mode."""
+    try:
+        config_data = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"model folder '{folder}': config.json cannot be read ({exc})", path=folder) from None
+    if not isinstance(config_data, dict):
+        raise ModelLoadError(f"model folder '{folder}': config.json is not a JSON object", path=folder)
+    if not weight_files(folder):
+        raise ModelLoadError(
+            f"model folder '{folder}' has config.json but no weights (model.safetensors, shards with an index, "
+            "or pytorch_model.bin)",
+            path=folder,
+        )
+    remote = bool(config_data.get("auto_map"))
+    if remote and not trust_model:
+        raise UntrustedModel(
+            f"model folder '{folder}' names its own code (auto_map in config.json: a trust_remote_code model); "
+            "loading it runs that code: pass {trust_model} if you trust the folder"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network, whatever is asked
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise ModelLoadError(
+            f"'{folder}' is a Hugging Face model folder; qcli reads those with transformers: pip install 'qcli[hf]'",
+            path=folder,
+        ) from None
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: stderr is qcli's
+    transformers.utils.logging.set_verbosity_error()
+    architectures = config_data.get("architectures") or []
+    name = architectures[0] if architectures else None
+    try:
+        if remote:
+            model_class: Any = transformers.AutoModel
+        elif name and hasattr(transformers, name):
+            model_class = getattr(transformers, name)
+        else:
+            model_class = transformers.AutoModel
+        model = model_class.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(
+            f"model folder '{folder}' cannot be built by transformers {transformers.__version__} "
+            f"({type(exc).__name__}: {first})",
+            path=folder,
+        ) from exc
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # a key/value cache is state, not an output to quantize
+    return model.eval()

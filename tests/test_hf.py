@@ -1,0 +1,118 @@
+"""Hugging Face model folders as MODEL: built offline by transformers from config.json and the
+weights save_pretrained wrote; code a folder names is not run without --trust-model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_qcli
+from safetensors.torch import save_file
+from test_ux import validate
+
+from qcli import metrics
+
+transformers = pytest.importorskip("transformers")  # in requirements.txt: present in `make test`
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text classifier and an image classifier saved with save_pretrained (tiny configs, seeded
+    weights), token and image samples."""
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, num_labels=3))  # fmt: skip
+    bert.save_pretrained(root / "bert")
+    vit = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_labels=5))  # fmt: skip
+    vit.save_pretrained(root / "vit")
+    gen = torch.Generator().manual_seed(0)
+    (root / "tokens").mkdir()
+    ids = torch.randint(3, 1000, (16, 24), generator=gen)
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, str(root / "tokens" / "a.safetensors"))
+    (root / "images").mkdir()
+    torch.save(torch.randn(16, 3, 32, 32, generator=gen), root / "images" / "a.pt")
+    return root
+
+
+def test_model_folders_quantize_like_model_files(folders, tmp_path):
+    from qcli.api import convert_model_file
+    from qcli.artifact import load_program_module
+    from qcli.options import ConvertOptions
+
+    proc = run_qcli("inspect", folders / "bert", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no progress bars or library noise
+    report = json.loads(proc.stdout)
+    validate(report)
+    assert report["format"] == "hf-folder" and report["quantizable_layers"] == 14
+    for name, samples in (("bert", "tokens"), ("vit", "images")):
+        out = tmp_path / f"{name}.pt2"
+        converted = convert_model_file(folders / name, out, calib_dir=folders / samples,
+                                       options=ConvertOptions(form="program"))  # fmt: skip
+        assert converted.model.format == "hf-folder" and converted.quantized_layers >= 13
+        files = sorted((folders / samples).iterdir())
+        data = torch.load(files[0]) if files[0].suffix == ".pt" else None
+        with torch.no_grad():
+            model = getattr(
+                transformers, "BertForSequenceClassification" if name == "bert" else "ViTForImageClassification"
+            )
+            fp32 = model.from_pretrained(str(folders / name), local_files_only=True).eval()
+            if data is None:
+                from safetensors.torch import load_file
+
+                tokens = load_file(str(files[0]))
+                want = fp32(**tokens).logits
+                got = load_program_module(out)(tokens["input_ids"], tokens["attention_mask"])["logits"]
+            else:
+                want, got = fp32(pixel_values=data).logits, load_program_module(out)(data)["logits"]
+        assert float(metrics.cosine_per_sample(want, got).min()) > 0.99
+
+
+def test_a_folder_naming_its_own_code_needs_trust(folders, tmp_path):
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    config = json.loads((folders / "bert" / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes((folders / "bert" / "model.safetensors").read_bytes())
+    (folder / "modeling_evil.py").write_text("open('pwned.txt', 'w').write('x')\n")
+    proc = run_qcli("inspect", folder, cwd=tmp_path)
+    assert proc.returncode == 1 and not (tmp_path / "pwned.txt").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"qcli: error: model folder '{folder}' names its own code (auto_map in config.json: a trust_remote_code "
+        "model); loading it runs that code: pass --trust-model if you trust the folder"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: None, "is a folder without config.json; pass a model file, or a folder written by save_pretrained"),
+        (lambda d: (d / "config.json").write_text("{}"), "has config.json but no weights"),
+    ],
+)
+def test_folder_mistakes_are_one_line(tmp_path, make, message):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    make(folder)
+    proc = run_qcli("inspect", folder)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_without_transformers_the_extra_is_named(folders, monkeypatch):
+    import sys
+
+    from qcli.errors import ModelLoadError
+    from qcli.load import load_model
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(ModelLoadError, match=r"qcli reads those with transformers: pip install 'qcli\[hf\]'"):
+        load_model(folders / "bert")
