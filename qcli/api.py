@@ -67,6 +67,18 @@ def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, 
     }
 
 
+def folder_recipe(model: Path, recipe: Recipe) -> Recipe:
+    """Without a recipe, an image model folder's own preprocessing (``preprocessor_config.json``)."""
+    from qcli.config import PreprocessConfig
+
+    if recipe.path is not None or recipe.preprocess != PreprocessConfig() or not model.is_dir():
+        return recipe
+    from qcli import hf
+
+    preprocess = hf.preprocess_of(model)
+    return Recipe(preprocess, recipe.sections, None) if preprocess is not None else recipe
+
+
 def use_threads(threads: int | None) -> None:
     """Set torch's intra-op thread count for the rest of the process (``None``: leave it)."""
     if threads is None:
@@ -100,7 +112,7 @@ def calibrate_model(
         64
     """
     model, out = Path(model), Path(out)
-    recipe, options = recipe or Recipe(), options or CalibrationOptions()
+    recipe, options = folder_recipe(model, recipe or Recipe()), options or CalibrationOptions()
     check_output(out, force)
     loaded = load_model(model, arch, trust_model)
     folder = SampleFolder.open(Path(calib_dir), recipe.preprocess, seed=options.seed)
@@ -157,7 +169,7 @@ def convert_model_file(
         10
     """
     model, out = Path(model), Path(out)
-    recipe, options = recipe or Recipe(), options or ConvertOptions()
+    recipe, options = folder_recipe(model, recipe or Recipe()), options or ConvertOptions()
     saved_config = Path(save_config) if save_config is not None else None
     _check_convert_outputs(out, options, saved_config, force, stats, calib_dir)
     use_threads(options.threads)  # oneDNN packs weights for the thread count it compiles with
@@ -456,7 +468,7 @@ def bench_model(
     from qcli import bench
 
     model = Path(model)
-    recipe, options = recipe or Recipe(), options or BenchOptions()
+    recipe, options = folder_recipe(model, recipe or Recipe()), options or BenchOptions()
     evaluation = Path(eval_dir) if eval_dir is not None else None
     previous = baselines.load_baseline(options.baseline) if options.baseline is not None else None
     if previous is not None:

@@ -95,3 +95,47 @@ def load_folder(folder: Path, trust_model: bool = False) -> Any:
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # a key/value cache is state, not an output to quantize
     return model.eval()
+
+
+PREPROCESSOR = "preprocessor_config.json"
+RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as image processors store them
+
+
+def preprocess_of(folder: Path) -> Any:
+    """The ``[preprocess]`` an image model folder's ``preprocessor_config.json`` describes, or None.
+
+    Mean, std, resampling and sizes are taken over; pixels are scaled to [0, 1] as qcli always
+    does. A fixed ``size`` of height x width becomes a resize of the shorter side plus a centre
+    crop of that size (exact for square inputs, what image classifiers take).
+    """
+    from qcli.config import PreprocessConfig
+
+    path = folder / PREPROCESSOR
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"model folder '{folder}': {PREPROCESSOR} cannot be read ({exc})", path=folder) from None
+    if not isinstance(data, dict):
+        return None
+
+    def edge(value: Any) -> int | None:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, dict):
+            found = value.get("shortest_edge") or value.get("height")
+            return int(found) if found else None
+        return None
+
+    resize = edge(data.get("size")) if data.get("do_resize", True) else None
+    crop = edge(data.get("crop_size")) if data.get("do_center_crop") else None
+    size = data.get("size")
+    if crop is None and isinstance(size, dict) and "height" in size and resize:
+        crop = resize  # a fixed square size: resize the shorter side, then crop
+    values: dict[str, Any] = {"channels": "rgb", "resize": resize, "center_crop": crop}
+    resample = data.get("resample")
+    values["interpolation"] = RESAMPLE.get(resample, "bilinear") if isinstance(resample, int) else "bilinear"
+    if data.get("do_normalize", True) and data.get("image_mean") and data.get("image_std"):
+        values["mean"], values["std"] = tuple(data["image_mean"]), tuple(data["image_std"])
+    return PreprocessConfig(**values)

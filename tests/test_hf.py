@@ -116,3 +116,35 @@ def test_without_transformers_the_extra_is_named(folders, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(ModelLoadError, match=r"qcli reads those with transformers: pip install 'qcli\[hf\]'"):
         load_model(folders / "bert")
+
+
+def test_an_image_folder_brings_its_own_preprocessing(folders, tmp_path):
+    """Without --config, a folder's preprocessor_config.json decides how images are read: a ViT
+    processor (224x224, bicubic, mean and std 0.5) gives resize 224, crop 224, bicubic, 0.5/0.5."""
+    from qcli.api import folder_recipe
+    from qcli.config import PreprocessConfig, Recipe
+
+    processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, resample=3, image_mean=[0.5] * 3,
+                                               image_std=[0.5] * 3)  # fmt: skip
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    for f in (folders / "vit").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    processor.save_pretrained(folder)
+    recipe = folder_recipe(folder, Recipe())
+    assert recipe.preprocess == PreprocessConfig(channels="rgb", resize=32, interpolation="bicubic", center_crop=32,
+                                                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # fmt: skip
+    given = Recipe(PreprocessConfig(resize=40), {}, tmp_path / "r.toml")
+    assert folder_recipe(folder, given) is given  # a recipe the user gives wins
+    assert folder_recipe(folders / "bert", Recipe()) == Recipe()  # no processor config: nothing changes
+    # images read through it reach the model's own size
+    from PIL import Image
+
+    from qcli.data import InputSpec, SampleFolder
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (50, 40), (200, 10, 10)).save(tmp_path / "img" / "a.png")
+    _, sample = next(
+        SampleFolder.open(tmp_path / "img", recipe.preprocess).samples(InputSpec(("pixel_values",), (4,), 3))
+    )
+    assert sample["pixel_values"].shape == (3, 32, 32)
