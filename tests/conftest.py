@@ -101,6 +101,7 @@ def bench_run(tmp_path_factory, demo_artifacts):
     proc = run_qcli(
         "bench", demo.WEIGHTS, demo_artifacts["package"], "--arch", demo.ARCH, "--eval-dir", demo.EVAL_DIR, "--config", MNIST_RECIPE,
         "--batch-sizes", "1,16", "--runs", "3", "--warmup", "1", "--time-budget", "1", "--eval-limit", "200",
-        "--min-speedup", "1000", "--max-drop", "0.5", "--format", "json", "-o", files["json"], "--report", files["html"],
+        "--min-speedup", "1000", "--inconclusive", "fail", "--max-drop", "0.5", "--format", "json", "-o", files["json"],
+        "--report", files["html"],
     )  # fmt: skip
     return proc, files

