@@ -101,6 +101,7 @@ def calibrate_model(
     force: bool = False,
     trust_model: bool = False,
     track: Track = identity_track,
+    task: str | None = None,
 ) -> CalibrateReport:
     """``qcli calibrate``: observe the folder and write the statistics file.
 
@@ -114,7 +115,7 @@ def calibrate_model(
     model, out = Path(model), Path(out)
     recipe, options = folder_recipe(model, recipe or Recipe()), options or CalibrationOptions()
     check_output(out, force)
-    loaded = load_model(model, arch, trust_model)
+    loaded = load_model(model, arch, trust_model, task)
     folder = SampleFolder.open(Path(calib_dir), recipe.preprocess, seed=options.seed)
     result = calibrate(loaded, folder, options, track=track)
     meta = {
@@ -153,6 +154,7 @@ def convert_model_file(
     save_config: PathLike | None = None,
     trust_model: bool = False,
     track: Track = identity_track,
+    task: str | None = None,
 ) -> ConvertReport:
     """``qcli convert``: quantize from saved statistics or a calibration folder; write the artifact.
 
@@ -173,7 +175,7 @@ def convert_model_file(
     saved_config = Path(save_config) if save_config is not None else None
     _check_convert_outputs(out, options, saved_config, force, stats, calib_dir)
     use_threads(options.threads)  # oneDNN packs weights for the thread count it compiles with
-    loaded = load_model(model, arch, trust_model)
+    loaded = load_model(model, arch, trust_model, task)
     from qcli.convert import resolve_excludes
 
     excluded = resolve_excludes(loaded.module, options.exclude)
@@ -447,6 +449,7 @@ def bench_model(
     options: BenchOptions | None = None,
     trust_model: bool = False,
     track: Track = identity_track,
+    task: str | None = None,
 ) -> BenchReport:
     """``qcli bench``: FP32 eager, FP32 compiled and INT8 side by side; accuracy; gates.
 
@@ -484,9 +487,9 @@ def bench_model(
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
         artifact, loaded = _bench_artifact(
-            model, artifact_path, arch, calib_dir, recipe, options, workdir, track, trust_model
+            model, artifact_path, arch, calib_dir, recipe, options, workdir, track, trust_model, task
         )
-        subjects = _bench_subjects(model, artifact, arch, loaded, options, trust_model)
+        subjects = _bench_subjects(model, artifact, arch, loaded, options, trust_model, task)
         report = _measure(subjects, evaluation or _path(calib_dir), recipe, options, workdir)
         if evaluation is not None:
             folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
@@ -527,6 +530,7 @@ def _bench_artifact(
     workdir: Path,
     track: Track,
     trust_model: bool,
+    task: str | None = None,
 ) -> tuple[Path, LoadedModel | None]:
     """The artifact to measure: the one given, or the model quantized now from ``calib_dir``."""
     if artifact_path is not None:
@@ -534,13 +538,13 @@ def _bench_artifact(
     if calib_dir is None:
         raise OptionError("pass an INT8 artifact to compare with, or {calib_dir} to quantize the model first")
     out = workdir / "int8.pt2"
-    loaded = load_model(model, arch, trust_model)
+    loaded = load_model(model, arch, trust_model, task)
     # a package runs one sequence length; the program any length seen in calibration
     form = "program" if infer_input_spec(loaded.module).sequence else "package"
     convert_options = ConvertOptions(form=form, package_batch_sizes=options.batch_sizes)
     convert_model_file(
         model, out, calib_dir=calib_dir, arch=arch, recipe=recipe, options=convert_options, trust_model=trust_model,
-        track=track,
+        track=track, task=task,
     )  # fmt: skip
     return out, loaded
 
@@ -599,6 +603,7 @@ def _bench_subjects(
     loaded: LoadedModel | None,
     options: BenchOptions,
     trust_model: bool,
+    task: str | None = None,
 ) -> BenchSubjects:
     """The artifact and the FP32 model it was made from (checked by hash), both loaded."""
     from qcli import bench
@@ -616,8 +621,8 @@ def _bench_subjects(
     import torch  # noqa: F401  (imported first: its own import is not the model's loading time)
 
     fp32_loading = bench.Loading.start() if loaded is None else None
-    if loaded is None:
-        loaded = load_model(model, arch, trust_model)
+    if loaded is None:  # a folder's head as converted, unless --task says otherwise (a name, not code)
+        loaded = load_model(model, arch, trust_model, task or source.get("task"))
     fp32_load = fp32_loading.done() if fp32_loading is not None else None
     if source.get("sha256") and source["sha256"] != loaded.sha256:
         raise OptionError(
@@ -718,7 +723,7 @@ def _apply_gates(report: BenchReport, options: BenchOptions, previous: BenchRepo
 
 
 def inspect_path(
-    path: PathLike, arch: ArchSpec | None = None, trust_model: bool = False
+    path: PathLike, arch: ArchSpec | None = None, trust_model: bool = False, task: str | None = None
 ) -> InspectModelReport | InspectArtifactReport:
     """``qcli inspect``: a JSON-ready description of a model file or a qcli artifact.
 
@@ -732,4 +737,4 @@ def inspect_path(
     path = Path(path)
     if not path.is_dir():  # a model folder is read by load_model
         require_file(path, "model")
-    return describe(path, arch, trust_model)
+    return describe(path, arch, trust_model, task)

@@ -357,6 +357,7 @@ def artifact_metadata(
             "format": loaded.format,
             "arch": loaded.arch.target if loaded.arch else None,
             "arch_kwargs": loaded.arch.kwargs if loaded.arch else None,
+            "task": loaded.task,
             "parameters": loaded.num_parameters,
             "size_bytes": loaded.size_bytes,
         },

@@ -17,19 +17,21 @@ QUANTIZED_TYPES = {"static": ("Conv1d", "Conv2d", "Conv3d", "Linear"), "dynamic"
 
 
 def describe(
-    path: Path, arch: ArchSpec | None = None, trust_model: bool = False
+    path: Path, arch: ArchSpec | None = None, trust_model: bool = False, task: str | None = None
 ) -> InspectModelReport | InspectArtifactReport:
     """What a model file (or model folder) or a qcli artifact holds."""
     if path.is_dir():
-        return describe_model(path, arch, trust_model)
+        return describe_model(path, arch, trust_model, task)
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or is_qcli_artifact(path):
         return describe_artifact(path)
-    return describe_model(path, arch, trust_model)
+    return describe_model(path, arch, trust_model, task)
 
 
-def describe_model(path: Path, arch: ArchSpec | None, trust_model: bool = False) -> InspectModelReport:
-    loaded = load_model(path, arch, trust_model)
+def describe_model(
+    path: Path, arch: ArchSpec | None, trust_model: bool = False, task: str | None = None
+) -> InspectModelReport:
+    loaded = load_model(path, arch, trust_model, task)
     spec = infer_input_spec(loaded.module)
     notes, quantizable = _torchscript_notes(loaded)
     layers = _layers(loaded.module, quantizable)

@@ -18,6 +18,16 @@ from typing import Any
 from qcli.errors import ModelLoadError, UntrustedModel
 
 CONFIG = "config.json"
+# --task: the head to build where a config allows several (None: the config's own architecture)
+TASKS = {
+    "feature-extraction": "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+    "image-classification": "AutoModelForImageClassification",
+}
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 
 
@@ -44,8 +54,9 @@ def folder_digest(folder: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def load_folder(folder: Path, trust_model: bool = False) -> Any:
-    """The model a ``save_pretrained`` folder holds, built by ``transformers`` in eval mode."""
+def load_folder(folder: Path, trust_model: bool = False, task: str | None = None) -> Any:
+    """The model a ``save_pretrained`` folder holds, built by ``transformers`` in eval mode, with
+    the head of ``task`` (``TASKS``) or, by default, the config's own architecture."""
     try:
         config_data = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -78,8 +89,10 @@ def load_folder(folder: Path, trust_model: bool = False) -> Any:
     architectures = config_data.get("architectures") or []
     name = architectures[0] if architectures else None
     try:
-        if remote:
-            model_class: Any = transformers.AutoModel
+        if task is not None:
+            model_class: Any = getattr(transformers, TASKS[task])
+        elif remote:
+            model_class = transformers.AutoModel
         elif name and hasattr(transformers, name):
             model_class = getattr(transformers, name)
         else:

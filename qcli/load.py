@@ -125,6 +125,7 @@ class LoadedModel:
     sha256: str
     size_bytes: int
     arch: ArchSpec | None = None
+    task: str | None = None  # a model folder's head (qcli.hf.TASKS)
 
     @property
     def num_parameters(self) -> int:
@@ -195,7 +196,9 @@ def loader(fmt: str) -> Callable[[Loader], Loader]:
     return register
 
 
-def load_model(path: Path, arch: ArchSpec | None = None, trust_model: bool = False) -> LoadedModel:
+def load_model(
+    path: Path, arch: ArchSpec | None = None, trust_model: bool = False, task: str | None = None
+) -> LoadedModel:
     """Load any supported FP32 model file; ``arch`` is required for state dicts.
 
     An exported program's pickles are scanned first (``qcli.scan``) and refused when they would
@@ -203,7 +206,9 @@ def load_model(path: Path, arch: ArchSpec | None = None, trust_model: bool = Fal
     """
     path = Path(path)
     if path.is_dir():
-        return _load_folder(path, arch, trust_model)
+        return _load_folder(path, arch, trust_model, task)
+    if task is not None:
+        raise ArchError(f"--task chooses the head of a model folder; '{path}' is a model file")
     require_file(path, "model")
     fmt = detect_format(path)
     if fmt == AOTI_PACKAGE or (fmt == EXPORTED_PROGRAM and is_qcli_artifact(path)):
@@ -222,7 +227,7 @@ def load_model(path: Path, arch: ArchSpec | None = None, trust_model: bool = Fal
     return LoadedModel(module, fmt, path, sha256_file(path), path.stat().st_size, arch)
 
 
-def _load_folder(path: Path, arch: ArchSpec | None, trust_model: bool) -> LoadedModel:
+def _load_folder(path: Path, arch: ArchSpec | None, trust_model: bool, task: str | None) -> LoadedModel:
     """A Hugging Face model folder (``qcli.hf``); any other folder is a mistake."""
     from qcli import hf
 
@@ -233,9 +238,11 @@ def _load_folder(path: Path, arch: ArchSpec | None, trust_model: bool) -> Loaded
         )
     if arch is not None:
         raise ArchError(f"--arch is for state dicts; the model folder '{path}' builds its own architecture")
-    module = hf.load_folder(path, trust_model)
+    if task is not None and task not in hf.TASKS:
+        raise ArchError(f"--task must be one of {', '.join(hf.TASKS)}, not '{task}'")
+    module = hf.load_folder(path, trust_model, task)
     sha256, size = hf.folder_digest(path)
-    return LoadedModel(module, HF_FOLDER, path, sha256, size, None)
+    return LoadedModel(module, HF_FOLDER, path, sha256, size, None, task)
 
 
 @loader(TORCHSCRIPT)

@@ -148,3 +148,23 @@ def test_an_image_folder_brings_its_own_preprocessing(folders, tmp_path):
         SampleFolder.open(tmp_path / "img", recipe.preprocess).samples(InputSpec(("pixel_values",), (4,), 3))
     )
     assert sample["pixel_values"].shape == (3, 32, 32)
+
+
+def test_task_chooses_the_head_and_is_recorded(folders, tmp_path):
+    from qcli.api import convert_model_file
+    from qcli.artifact import read_metadata
+    from qcli.options import ConvertOptions
+
+    proc = run_qcli("inspect", folders / "bert", "--task", "feature-extraction", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    names = [la["name"] for la in json.loads(proc.stdout)["layers"]]
+    assert "classifier" not in names and "pooler.dense" in names  # the bare encoder, without the head
+    out = tmp_path / "enc.pt2"
+    convert_model_file(folders / "bert", out, calib_dir=folders / "tokens", task="feature-extraction",
+                       options=ConvertOptions(form="program"))  # fmt: skip
+    assert read_metadata(out)["source"]["task"] == "feature-extraction"  # bench rebuilds this head
+    proc = run_qcli("inspect", folders / "bert", "--task", "image-classification")
+    assert proc.returncode == 1 and "cannot be built by transformers" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_qcli("inspect", folders / "tokens" / "a.safetensors", "--task", "masked-lm")
+    assert proc.returncode == 1 and "--task chooses the head of a model folder" in proc.stderr

@@ -24,6 +24,7 @@ from qcli.cli.options import (
     OutputFormat,
     OutputNameOpt,
     QuietOpt,
+    TaskOpt,
     ThreadsOpt,
     TrustModelOpt,
 )
@@ -175,6 +176,7 @@ def bench_command(
     format: FormatOpt = OutputFormat.table,
     force: ForceOpt = False,
     trust_model: TrustModelOpt = False,
+    task: TaskOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure FP32 eager, FP32 compiled and INT8 interleaved in one process, and their accuracy.
@@ -211,6 +213,7 @@ def bench_command(
                 recipe=recipe_of(ctx),
                 options=options,
                 trust_model=trust_model,
+                task=task.value if task is not None else None,
                 track=render.tracker(quiet, "evaluating"),
             )
         )

@@ -24,6 +24,7 @@ from qcli.cli.options import (
     OutputFormat,
     QuietOpt,
     SeedOpt,
+    TaskOpt,
     TrustModelOpt,
 )
 from qcli.options import CalibrationOptions
@@ -47,6 +48,7 @@ def calibrate_command(
     force: ForceOpt = False,
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
     trust_model: TrustModelOpt = False,
+    task: TaskOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run observers over CALIB_DIR and write per-tensor ranges and histograms to a safetensors file.

@@ -34,6 +34,7 @@ from qcli.cli.options import (
     OutputNameOpt,
     QuietOpt,
     SeedOpt,
+    TaskOpt,
     ThreadsOpt,
     TrustModelOpt,
 )
@@ -188,6 +189,7 @@ def convert_command(
     save_config: SaveConfigOpt = None,
     format: FormatOpt = OutputFormat.table,
     trust_model: TrustModelOpt = False,
+    task: TaskOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Quantize MODEL to INT8 (static by default) and write an artifact plain PyTorch can run.
@@ -223,6 +225,7 @@ def convert_command(
                 force=force,
                 save_config=save_config,
                 trust_model=trust_model,
+                task=task.value if task is not None else None,
                 track=render.tracker(quiet, "calibrating"),
             )
         )

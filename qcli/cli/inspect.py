@@ -9,7 +9,7 @@ import typer
 
 from qcli.cli import render
 from qcli.cli.common import arch_spec, flags_named
-from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat, TrustModelOpt
+from qcli.cli.options import ArchKwargsOpt, ArchOpt, OutputFormat, TaskOpt, TrustModelOpt
 
 
 def inspect_command(
@@ -35,6 +35,7 @@ def inspect_command(
         ),
     ] = False,
     trust_model: TrustModelOpt = False,
+    task: TaskOpt = None,
 ) -> None:
     """Show a model's format, size, inputs and layers, or what an INT8 artifact quantized and how.
 
@@ -43,7 +44,7 @@ def inspect_command(
     from qcli.api import inspect_path
 
     with flags_named(ctx):
-        report = inspect_path(path, arch_spec(arch, arch_kwargs), trust_model)
+        report = inspect_path(path, arch_spec(arch, arch_kwargs), trust_model, task.value if task is not None else None)
     if format is OutputFormat.json:
         print(render.to_json(report))
         return

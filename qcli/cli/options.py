@@ -16,6 +16,7 @@ import typer
 
 from qcli import options
 from qcli.cli.common import load_config
+from qcli.hf import TASKS
 
 
 class OutputFormat(str, Enum):
@@ -29,6 +30,7 @@ Mode = Enum("Mode", {m.replace("-", "_"): m for m in options.MODES}, type=str)  
 Method = Enum("Method", {m: m for m in options.METHODS}, type=str)  # type: ignore[misc]
 Form = Enum("Form", {f: f for f in options.FORMS}, type=str)  # type: ignore[misc]
 Inconclusive = Enum("Inconclusive", {v: v for v in options.INCONCLUSIVE}, type=str)  # type: ignore[misc]
+Task = Enum("Task", {t.replace("-", "_"): t for t in TASKS}, type=str)  # type: ignore[misc]
 
 
 def batch_sizes_text(sizes: tuple[int, ...]) -> str:
@@ -115,6 +117,14 @@ MetricOpt = Annotated[
         "--metric",
         help=f"What --max-drop judges: {', '.join(options.METRICS)}, or module:function for your own "
         "(default: top1 for labels and one [B, C] output, spearman with pairs.csv, else the SQNR of every output).",
+    ),
+]
+TaskOpt = Annotated[
+    Task | None,
+    typer.Option(
+        "--task",
+        help="For a Hugging Face model folder: the head to build (default: the config's own architecture), "
+        "e.g. --task sequence-classification.",
     ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
