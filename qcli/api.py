@@ -376,8 +376,7 @@ class _DefaultMethod:
         return cls(loaded, source, snapshot(source.prepared, loaded), options.method)
 
     def warning(self, per_layer: list[dict[str, Any]] | None) -> str | None:
-        from qcli import layers as layer_report
-        from qcli.convert import layer_table, quantize
+        from qcli.convert import quantize_and_measure
         from qcli.options import DEFAULT_METHOD
 
         chosen = _worst(per_layer)
@@ -386,10 +385,9 @@ class _DefaultMethod:
         p = self.source.prepared
         fresh = prepare(self.loaded, p.example, p.spec, p.mode, p.exclude, p.weights)
         apply_stats(fresh, self.stats, self.loaded.sha256, fill_from=self.source.samples)
-        fp32 = layer_report.fp32_reference(fresh.graph)
-        converted = quantize(fresh, DEFAULT_METHOD)
-        rows = layer_report.per_layer_errors(fp32, converted, [self.source.samples], layer_table(converted))
-        default = _worst(rows)
+        default = _worst(
+            quantize_and_measure(fresh, ConvertOptions(method=DEFAULT_METHOD), self.source.samples).per_layer
+        )
         if default is None or chosen[1] >= default[1] - METHOD_WARN_DB:
             return None
         return (
@@ -481,9 +479,9 @@ def bench_model(
         from qcli.data import read_pairs
         from qcli.evaluate import check_folder
 
-        folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
-        read_pairs(folder)
-        check_folder(options.judge, folder)
+        eval_folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
+        read_pairs(eval_folder)
+        check_folder(options.judge, eval_folder)
     with bench.temp_workdir() as tmp:
         workdir = Path(tmp)
         artifact, loaded = _bench_artifact(
@@ -492,10 +490,11 @@ def bench_model(
         subjects = _bench_subjects(model, artifact, arch, loaded, options, trust_model, task)
         report = _measure(subjects, evaluation or _path(calib_dir), recipe, options, workdir)
         if evaluation is not None:
-            folder = SampleFolder.open(evaluation, recipe.preprocess, what="evaluation folder")
-            report.accuracy = subjects.evaluate(folder, options, track)
+            report.accuracy = subjects.evaluate(eval_folder, options, track)
             report.warnings += report.accuracy.warnings
-            mismatch = preprocess_warning(subjects.meta.get("config"), recipe, folder, "the artifact's calibration")
+            mismatch = preprocess_warning(
+                subjects.meta.get("config"), recipe, eval_folder, "the artifact's calibration"
+            )
             report.warnings += [mismatch] if mismatch else []
     _apply_gates(report, options, previous)
     raise_for_gates(report)

@@ -488,8 +488,7 @@ def read_targets(folder: SampleFolder) -> dict[str, list[float]] | None:
 
 def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -> tuple[Any, ...]:
     """Example inputs (two rows, as export needs) from ``--input-shape`` (``qcli.options.InputShape``),
-    or from the shapes the model file records (an exported program's inputs): floats are seeded normal values, integers and booleans ones (a valid token id and a
-    full attention mask)."""
+    or from the shapes the model file records (an exported program's inputs); see ``filled``."""
     import torch
 
     from qcli import engine
@@ -508,9 +507,7 @@ def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -
                 )
             by_name = {s.name: s for s in shapes}
             ordered = [by_name[n] for n in spec.names if n in by_name]
-            if len(ordered) != len(spec.names[: len(ordered)]) or [s.name for s in ordered] != list(
-                spec.names[: len(ordered)]
-            ):
+            if [s.name for s in ordered] != list(spec.names[: len(ordered)]):
                 raise OptionError(
                     f"{{input_shape}} must give the model's inputs in order from the first ({', '.join(spec.names)})"
                 )
@@ -526,15 +523,7 @@ def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -
                 f"{{input_shape}} {'x'.join(map(str, ordered[0].shape))} has {len(ordered[0].shape)} dimensions but the "
                 f"model's first convolution takes {rank} (batch first), e.g. 1x{spec.channels or 3}x224x224"
             )
-        gen = torch.Generator().manual_seed(0)
-        tensors = []
-        for s in ordered:
-            dtype = getattr(torch, s.dtype)
-            if dtype.is_floating_point:
-                tensors.append(torch.randn(s.shape, generator=gen).to(dtype))
-            else:
-                tensors.append(torch.ones(s.shape, dtype=dtype))
-        return engine.first_row_repeated(tuple(tensors), 2)
+        return engine.first_row_repeated(filled([(list(s.shape), getattr(torch, s.dtype)) for s in ordered]), 2)
     recorded = recorded_example(loaded.module)
     if recorded is None:
         raise OptionError(
@@ -544,9 +533,21 @@ def example_from_shapes(loaded: Any, spec: InputSpec, shapes: tuple[Any, ...]) -
     return engine.first_row_repeated(recorded, 2)
 
 
+def filled(shapes: list[tuple[list[int], Any]]) -> tuple[Any, ...]:
+    """A tensor per (shape, dtype): floats seeded normal values, integers and booleans ones (a
+    valid token id and a full attention mask)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn(dims, generator=gen).to(dtype) if dtype.is_floating_point else torch.ones(dims, dtype=dtype)
+        for dims, dtype in shapes
+    )
+
+
 def recorded_example(module: Any) -> tuple[Any, ...] | None:
-    """Inputs of the shapes an exported program's graph records (None when it records none):
-    floats seeded normal, integers ones."""
+    """Inputs (``filled``) of the shapes an exported program's graph records; None when it records
+    none."""
     import torch
 
     shapes: list[tuple[list[int], Any]] = []
@@ -568,10 +569,4 @@ def recorded_example(module: Any) -> tuple[Any, ...] | None:
                         return None
                     dims.append(int(hint))
             shapes.append((dims, val.dtype))
-    if not shapes:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    return tuple(
-        torch.randn(dims, generator=gen).to(dtype) if dtype.is_floating_point else torch.ones(dims, dtype=dtype)
-        for dims, dtype in shapes
-    )
+    return filled(shapes) if shapes else None

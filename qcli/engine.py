@@ -29,19 +29,25 @@ _NOISY_LOGGERS = (*LIBRARY_NOISE, "torch._inductor", "torch._dynamo", "torch.exp
 
 
 @contextlib.contextmanager
+def loggers_at_error(names: tuple[str, ...]) -> Iterator[None]:
+    """Only errors from the loggers ``names`` while inside; their levels restored afterwards."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence library warnings and log lines that are noise for users; restore them afterwards."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), loggers_at_error(_NOISY_LOGGERS):
         warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
+        yield
 
 
 def torchao_version() -> str | None:

@@ -228,7 +228,7 @@ def _plan(
             "name one with {output_name}"
         )
     plan = _Plan(metric, chosen, names)
-    _check_plan(plan, shapes, folder)
+    _check_plan(plan, shapes, folder, pairs, targets)
     return plan
 
 
@@ -236,6 +236,18 @@ def check_folder(judge: JudgeOptions, folder: SampleFolder) -> None:
     """What the chosen metric needs from the folder (and the user's metric importing), checked
     before any work; what it needs from the outputs is checked on the first batch."""
     metric = judge.metric
+    if metric is None:
+        return
+    if ":" in metric:
+        custom_metric(metric)
+        return
+    pairs = metric == "spearman" and read_pairs(folder) is not None
+    targets = metric in ("mae", "rmse") and read_targets(folder) is not None
+    _check_folder_for(metric, folder, pairs, targets)
+
+
+def _check_folder_for(metric: str, folder: SampleFolder, pairs: bool, targets: bool) -> None:
+    """Refuse a metric the folder cannot serve (``pairs``, ``targets``: whether it has those files)."""
     classes = len(folder.classes or ())
     if metric in LABELED and not folder.labeled:
         raise OptionError(
@@ -243,22 +255,20 @@ def check_folder(judge: JudgeOptions, folder: SampleFolder) -> None:
         )
     if metric == "auc" and classes != 2:
         raise OptionError(f"{{metric}} auc needs two class sub-folders (0 and 1), this folder has {classes}")
-    if metric == "spearman" and read_pairs(folder) is None:
+    if metric == "spearman" and not pairs:
         raise OptionError("{metric} spearman needs a pairs.csv of scored sample pairs in the evaluation folder")
-    if metric in ("mae", "rmse") and read_targets(folder) is None:
+    if metric in ("mae", "rmse") and not targets:
         raise OptionError(f"{{metric}} {metric} needs a targets.csv (file,<target>...) in the evaluation folder")
-    if metric is not None and ":" in metric:
-        custom_metric(metric)
 
 
-def _check_plan(plan: _Plan, shapes: list[tuple[int, ...]], folder: SampleFolder) -> None:
+def _check_plan(plan: _Plan, shapes: list[tuple[int, ...]], folder: SampleFolder, pairs: bool, targets: bool) -> None:
     """Refuse what cannot be judged: one line naming the option to change."""
     metric = plan.metric
     name = plan.names[plan.output] if plan.output is not None else ""
     shape = shapes[plan.output] if plan.output is not None else ()
     classes = len(folder.classes or ())
-    if ":" not in metric:  # a default metric: what it needs from the folder
-        check_folder(JudgeOptions(metric=metric), folder)
+    if ":" not in metric:  # also a default metric: what it needs from the folder
+        _check_folder_for(metric, folder, pairs, targets)
     if metric in ("top1", "top5", "agreement") and not _is_classes(shape):
         raise OptionError(
             f"{{metric}} {metric} needs [batch, classes] scores, but output '{name}' has shape {_shown(shape)}; "
@@ -312,8 +322,8 @@ def custom_metric(target: str) -> tuple[Callable[..., Any], bool]:
 class _Scorer:
     """Accumulates the primary metric over batches."""
 
-    def __init__(self, plan: _Plan, custom: tuple[Callable[..., Any], bool] | None, metric_name: str) -> None:
-        self.plan, self.custom, self.metric_name = plan, custom, metric_name
+    def __init__(self, plan: _Plan, custom: tuple[Callable[..., Any], bool] | None) -> None:
+        self.plan, self.custom = plan, custom
         self.hits = {"fp32_1": 0, "int8_1": 0, "fp32_5": 0, "int8_5": 0}
         self.scores: tuple[list[float], list[float]] = ([], [])
         self.labels: list[int] = []
@@ -377,9 +387,9 @@ class _Scorer:
         except QcliError:
             raise
         except Exception as exc:
-            raise QcliError(f"--metric {self.metric_name} failed: {type(exc).__name__}: {exc}") from None
+            raise QcliError(f"--metric {self.plan.metric} failed: {type(exc).__name__}: {exc}") from None
         if not math.isfinite(number):
-            raise QcliError(f"--metric {self.metric_name} returned {number}, not a finite number")
+            raise QcliError(f"--metric {self.plan.metric} returned {number}, not a finite number")
         return number
 
     def hit_rate(self, key: str) -> float:
@@ -423,7 +433,7 @@ def evaluate(
             named_out = [(n, t) for (n, _), t in zip(named_ref, flat_out, strict=True)]
             if plan is None:
                 plan = _plan(named_ref, folder, judge, bool(pairs), targets is not None)
-                scorer = _Scorer(plan, custom, judge.metric or plan.metric)
+                scorer = _Scorer(plan, custom)
                 stats = [_OutputStats(n, tuple(t.shape)) for n, t in named_ref]
             assert scorer is not None
             for s, (_, ref), (_, out) in zip(stats, named_ref, named_out, strict=True):
@@ -523,7 +533,7 @@ def _score(
     assert scorer.custom is not None
     higher = scorer.custom[1]
     fp, q = scorer.custom_sums[0] / scorer.n, scorer.custom_sums[1] / scorer.n
-    return Score(scorer.metric_name, output, fp, q, (fp - q) if higher else (q - fp), higher_is_better=higher, unit="")
+    return Score(scorer.plan.metric, output, fp, q, (fp - q) if higher else (q - fp), higher_is_better=higher, unit="")
 
 
 def _warnings(accuracy: Accuracy, folder: SampleFolder) -> list[str]:

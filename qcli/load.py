@@ -6,19 +6,18 @@ The format is detected from the file's content, never its name. Each format has 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import logging
 import pickle
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qcli.engine import LIBRARY_NOISE, loggers_at_error
 from qcli.errors import ArchError, ModelLoadError, QcliError, StateDictMismatch, UnknownFormat
 from qcli.files import require_file, sha256_file
 
@@ -31,24 +30,6 @@ AOTI_PACKAGE = "aoti-package"
 QCLI_EXTRA = "qcli.json"  # name of qcli's metadata file inside an exported program
 
 
-@contextlib.contextmanager
-def _library_noise_hidden() -> Iterator[None]:
-    """While user code is imported, hide the log lines torchao and torch print when ``transformers``
-    imports them (a warning per CUDA library torchao cannot load, pytree deprecation lines: noise
-    for a CPU user); the user's own warnings still show."""
-    from qcli.engine import LIBRARY_NOISE
-
-    loggers = [logging.getLogger(name) for name in LIBRARY_NOISE]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def import_target(target: str, flag: str, error: type[QcliError] = ArchError) -> Any:
     """The object ``module.path:attr`` names, imported the way ``python -m`` would find modules
     next to the user (the working folder is on ``sys.path`` only for this import, so later imports
@@ -59,7 +40,9 @@ def import_target(target: str, flag: str, error: type[QcliError] = ArchError) ->
     if added:
         sys.path.insert(0, cwd)
     try:
-        with _library_noise_hidden():
+        # transformers imported by user code brings torchao's and torch's log lines (a warning per
+        # CUDA library torchao cannot load, pytree deprecations); the user's own warnings still show
+        with loggers_at_error(LIBRARY_NOISE):
             module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or any error raised while importing user code
         raise error(f"{flag} '{target}': cannot import '{module_name}': {exc}") from exc

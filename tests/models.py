@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -23,6 +25,22 @@ class ResidualMLP(nn.Module):
 def residual_mlp() -> ResidualMLP:
     torch.manual_seed(0)
     return ResidualMLP()
+
+
+def residual_mlp_files(root: Path, outlier_scale: float) -> Path:
+    """``root/mlp.pt`` (ResidualMLP's state dict) and ``calib/``, ``eval/`` folders of 256 seeded
+    vectors each whose feature 0 is ``outlier_scale`` times the others: the input that costs a
+    shared INT8 scale its precision. Returns the state dict's path."""
+    import numpy as np
+
+    torch.save(residual_mlp().state_dict(), root / "mlp.pt")
+    rng = np.random.default_rng(0)
+    for name in ("calib", "eval"):
+        x = rng.standard_normal((256, 64)).astype(np.float32)
+        x[:, 0] *= outlier_scale
+        (root / name).mkdir()
+        np.save(root / name / "x.npy", x)
+    return root / "mlp.pt"
 
 
 def broken_arch() -> nn.Module:

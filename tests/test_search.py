@@ -84,17 +84,9 @@ def test_cli_budget_met_and_not_met(tmp_path):
 def test_cli_budget_not_met_exits_3_and_still_writes(tmp_path):
     """An input with one feature 10^4 times larger than the rest: min/max ranges wipe out the rest,
     INT8 disagrees with FP32, and one trial cannot fix it: exit 3, the best artifact written."""
-    import numpy as np
-    import torch
-    from models import residual_mlp
+    from models import residual_mlp_files
 
-    torch.save(residual_mlp().state_dict(), tmp_path / "mlp.pt")
-    rng = np.random.default_rng(0)
-    for name in ("calib", "eval"):
-        x = rng.standard_normal((256, 64)).astype(np.float32)
-        x[:, 0] *= 1e4
-        (tmp_path / name).mkdir()
-        np.save(tmp_path / name / "x.npy", x)
+    residual_mlp_files(tmp_path, outlier_scale=1e4)
     proc = run_qcli(
         "convert", tmp_path / "mlp.pt", "--arch", "models:residual_mlp", "--calib-dir", tmp_path / "calib", "--method", "minmax",
         "--form", "program", "--eval-dir", tmp_path / "eval", "--max-drop", "0", "--max-trials", "1", "--metric", "agreement",

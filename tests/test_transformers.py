@@ -289,20 +289,13 @@ def test_dynamic_per_layer_report_and_search_fall_back_a_layer(tmp_path):
     """The per-layer report and the --max-drop search work on dynamic INT8: an input with one
     feature 300 times the others costs the per-token scale its precision, and the search keeps
     the worst layer in FP32 to meet a 40 dB budget."""
-    import numpy as np
-    from models import residual_mlp
+    from models import residual_mlp_files
 
     from qcli.api import convert_model_file
     from qcli.load import ArchSpec
     from qcli.options import CalibrationOptions, ConvertOptions, InputShape, SearchOptions
 
-    torch.save(residual_mlp().state_dict(), tmp_path / "mlp.pt")
-    rng = np.random.default_rng(0)
-    for name in ("calib", "eval"):
-        x = rng.standard_normal((256, 64)).astype(np.float32)
-        x[:, 0] *= 300
-        (tmp_path / name).mkdir()
-        np.save(tmp_path / name / "x.npy", x)
+    residual_mlp_files(tmp_path, outlier_scale=300)
     search = SearchOptions(max_drop=0.02, eval_dir=tmp_path / "eval")  # SQNR of 37 dB or better
     options = ConvertOptions(calibration=CalibrationOptions(mode="dynamic"), form="program", search=search)
     report = convert_model_file(tmp_path / "mlp.pt", tmp_path / "d.pt2", calib_dir=tmp_path / "calib",
