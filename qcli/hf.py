@@ -107,7 +107,29 @@ def load_folder(folder: Path, trust_model: bool = False, task: str | None = None
         ) from exc
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # a key/value cache is state, not an output to quantize
+    plain_outputs(model)
     return model.eval()
+
+
+def plain_outputs(model: Any) -> None:
+    """Make ``model`` return a plain dict where ``transformers`` returns a ``ModelOutput``.
+
+    An exported program records the type of its outputs; one that returns a ``ModelOutput``
+    cannot be loaded by ``torch.export.load`` in a process that has not imported
+    ``transformers`` ("NotImplementedError" on the output spec), so the artifact would not run
+    with plain torch. The names of the outputs stay; the instance's ``forward`` keeps its
+    signature (qcli reads input names from it).
+    """
+    import functools
+
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        return {k: v for k, v in out.items()} if hasattr(out, "to_tuple") and hasattr(out, "items") else out
+
+    model.forward = forward
 
 
 PREPROCESSOR = "preprocessor_config.json"
