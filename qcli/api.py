@@ -9,7 +9,7 @@ progress bar; the default does nothing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,15 +68,50 @@ def _effective_config(recipe: Recipe, options: CalibrationOptions) -> dict[str, 
 
 
 def folder_recipe(model: Path, recipe: Recipe) -> Recipe:
-    """Without a recipe, an image model folder's own preprocessing (``preprocessor_config.json``)."""
-    from qcli.config import PreprocessConfig
-
-    if recipe.path is not None or recipe.preprocess != PreprocessConfig() or not model.is_dir():
+    """A model folder's own preprocessing where the recipe sets none: an image model's
+    ``preprocessor_config.json`` (without any recipe), and its tokenizer for text samples."""
+    if not model.is_dir():
         return recipe
-    from qcli import hf
+    from qcli import hf, text
 
-    preprocess = hf.preprocess_of(model)
-    return Recipe(preprocess, recipe.sections, None) if preprocess is not None else recipe
+    preprocess = recipe.preprocess
+    if recipe.path is None and preprocess.images_default:
+        image = hf.preprocess_of(model)
+        if image is not None:
+            preprocess = replace(image, max_length=preprocess.max_length, lengths=preprocess.lengths)
+    if preprocess.tokenizer is None and text.has_tokenizer(model):
+        preprocess = replace(preprocess, tokenizer=str(model))
+        longest = text.model_max_length(model)
+        if (
+            preprocess.max_length is None
+            and preprocess.lengths is None
+            and longest
+            and longest < text.DEFAULT_MAX_LENGTH
+        ):
+            preprocess = replace(preprocess, max_length=longest)  # a model made for shorter texts
+    return replace(recipe, preprocess=preprocess)
+
+
+def _with_recorded_text(recipe: Recipe, artifact: Path) -> Recipe:
+    """The artifact's recorded ``max_length`` and padding ``lengths`` where the recipe and flags
+    set neither: ``bench`` tokenizes texts the way calibration did."""
+    from qcli.artifact import read_metadata
+    from qcli.errors import QcliError
+
+    pre = recipe.preprocess
+    try:
+        recorded = (read_metadata(artifact).get("config") or {}).get("preprocess") or {}
+    except QcliError:
+        return recipe  # loading the artifact reports what is wrong with it
+    if pre.max_length is not None or pre.lengths is not None or not isinstance(recorded, dict):
+        return recipe
+    lengths = recorded.get("lengths")
+    return replace(
+        recipe,
+        preprocess=replace(
+            pre, max_length=recorded.get("max_length"), lengths=tuple(lengths) if isinstance(lengths, list) else None
+        ),
+    )
 
 
 def use_threads(threads: int | None) -> None:
@@ -176,6 +211,11 @@ def convert_model_file(
     _check_convert_outputs(out, options, saved_config, force, stats, calib_dir)
     use_threads(options.threads)  # oneDNN packs weights for the thread count it compiles with
     loaded = load_model(model, arch, trust_model, task)
+    if options.package_shapes and not infer_input_spec(loaded.module).sequence:
+        raise OptionError(
+            "{package_shapes} is for models whose inputs have a sequence dimension; this model's inputs have "
+            "fixed sizes: use {package_batch_sizes}"
+        )
     from qcli.convert import resolve_excludes
 
     excluded = resolve_excludes(loaded.module, options.exclude)
@@ -469,7 +509,10 @@ def bench_model(
     from qcli import bench
 
     model = Path(model)
-    recipe, options = folder_recipe(model, recipe or Recipe()), options or BenchOptions()
+    recipe, options = recipe or Recipe(), options or BenchOptions()
+    if artifact_path is not None:
+        recipe = _with_recorded_text(recipe, Path(artifact_path))
+    recipe = folder_recipe(model, recipe)
     evaluation = Path(eval_dir) if eval_dir is not None else None
     previous = baselines.load_baseline(options.baseline) if options.baseline is not None else None
     if previous is not None:
@@ -572,25 +615,34 @@ class BenchSubjects:
 
 
 def preprocess_warning(recorded: Any, recipe: Recipe, folder: SampleFolder, where: str) -> str | None:
-    """A warning when images are read with other preprocessing than ``where`` recorded: almost
-    always a forgotten or wrong ``--config``."""
+    """A warning when images or texts are read with other preprocessing than ``where`` recorded:
+    almost always a forgotten or wrong ``--config`` (or ``--max-length``)."""
+    from qcli.config import PreprocessConfig
     from qcli.data import IMAGE_EXTS
+    from qcli.text import TEXT_EXTS, longest, padding_lengths
 
     before = recorded.get("preprocess") if isinstance(recorded, dict) else None
-    if not isinstance(before, dict) or not any(p.suffix.lower() in IMAGE_EXTS for p in folder.files):
+    suffixes = {p.suffix.lower() for p in folder.files}
+    images, texts = bool(suffixes & set(IMAGE_EXTS)), bool(suffixes & set(TEXT_EXTS))
+    if not isinstance(before, dict) or not (images or texts):
         return None
-    from qcli.config import PreprocessConfig
-
     before = {**PreprocessConfig().to_dict(), **before}  # keys added since: their defaults
     now = recipe.preprocess.to_dict()
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    keys = {"max_length", "lengths"} if texts else set(before) | set(now)
+    keys -= {"tokenizer", "max_length", "lengths"} if not texts else set()
+    for side in (before, now):  # unset text settings mean their defaults
+        lengths = side.get("lengths")
+        side["lengths"] = list(padding_lengths(side.get("max_length"), tuple(lengths) if lengths else None))
+        side["max_length"] = longest(side.get("max_length"), tuple(side["lengths"]))
+    changed = sorted(k for k in keys if before.get(k) != now.get(k))
     if "auto" in (before.get("channels"), now.get("channels")):  # auto follows the model: may match
         changed = [k for k in changed if k != "channels"]
     if not changed:
         return None
     shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+    what = "texts are tokenized" if texts else "images are preprocessed"
     return (
-        f"the images are preprocessed differently from {where} ({shown}); pass the recipe used then "
+        f"the {what} differently from {where} ({shown}); pass the recipe used then "
         "with --config, or the figures judge other inputs than the model was calibrated on"
     )
 
@@ -644,11 +696,15 @@ def _measure(
 
     meta, loaded, path = subjects.meta, subjects.loaded, subjects.artifact_path
     spec = infer_input_spec(loaded.module)
+    from qcli.artifact import CompiledCache, PackageRunner, at_length
+
     example = bench.example_inputs(meta, spec, samples_dir, recipe.preprocess)
+    runner = subjects.artifact.runner
+    if isinstance(runner, PackageRunner) and runner.lengths:  # FP32 runs the length INT8 runs
+        example = at_length(example, runner.specs, runner.length_for(example) or 0)
     sizes = list(options.batch_sizes)
     # compiled the way the artifact runs: a program compiles on first call unless a compile cache
     # turns it into packages (then FP32 is a package too)
-    from qcli.artifact import CompiledCache
 
     cached = isinstance(subjects.artifact.runner, CompiledCache)
     how = "program" if meta["form"] == "program" and not cached else "package"

@@ -57,48 +57,94 @@ def base_metadata() -> dict[str, Any]:
     }
 
 
-def package_model_name(batch_size: int, first: bool) -> str:
-    """Name of the compiled model for one batch size inside a package (the first is the default)."""
-    return "model" if first else f"batch{batch_size}"
+Shape = tuple[int, int | None]  # (batch size, sequence length or None) of one compiled model
+
+
+def package_model_name(batch_size: int, first: bool, length: int | None = None) -> str:
+    """Name of the compiled model for one shape inside a package (the first is the default)."""
+    if first:
+        return "model"
+    return f"batch{batch_size}" if length is None else f"batch{batch_size}_len{length}"
+
+
+def package_names(shapes: list[Shape]) -> dict[Shape, str]:
+    """Each shape's model name: ``model`` for the first, ``batch<N>`` for a batch size compiled at
+    one length, ``batch<N>_len<L>`` where a batch size has several."""
+    lengths_of: dict[int, set[int | None]] = {}
+    for b, n in shapes:
+        lengths_of.setdefault(b, set()).add(n)
+    return {
+        (b, n): package_model_name(b, i == 0, n if len(lengths_of[b]) > 1 else None) for i, (b, n) in enumerate(shapes)
+    }
+
+
+def at_length(example: tuple[Tensor, ...], specs: list[dict[str, Any]], length: int) -> tuple[Tensor, ...]:
+    """The inputs with their sequence dimension (``seq`` in ``specs``) cut or padded to ``length``,
+    padded with each input's recorded ``pad`` value (0 when it records none)."""
+    import torch
+
+    out = []
+    for t, spec in zip(example, specs + [{}] * (len(example) - len(specs)), strict=True):
+        shape = spec.get("shape") or []
+        if len(shape) < 2 or shape[1] != "seq" or t.shape[1] == length:
+            out.append(t)
+        elif t.shape[1] > length:
+            out.append(t[:, :length].contiguous())
+        else:
+            fill = torch.full((t.shape[0], length - t.shape[1], *t.shape[2:]), spec.get("pad", 0), dtype=t.dtype)
+            out.append(torch.cat([t, fill], dim=1))
+    return tuple(out)
 
 
 def write_package(
-    graph: GraphModule, example: tuple[Tensor, ...], path: Path, metadata: dict[str, Any], batch_sizes: list[int]
+    graph: GraphModule,
+    example: tuple[Tensor, ...],
+    path: Path,
+    metadata: dict[str, Any],
+    shapes: list[int] | list[Shape],
 ) -> None:
-    """AOT-compile ``graph`` once per batch size (frozen weights, no autograd) into one package.
+    """AOT-compile ``graph`` once per shape (frozen weights, no autograd) into one package.
 
-    Each batch size is a static shape: in torch 2.13 an AOTInductor package of a quantized
-    program with a dynamic batch dimension *and* weight freezing computes wrong results (top-1
-    agreement 0 on the demo), while without freezing it runs at FP32 speed. The first batch size
-    is the package's default model; the others are named ``batch<N>``.
+    ``shapes`` are batch sizes, or (batch size, sequence length) pairs for a model whose inputs
+    have a ``seq`` dimension (``metadata["inputs"]``): each is a static shape. In torch 2.13 an
+    AOTInductor package of a quantized program with a dynamic batch dimension *and* weight
+    freezing computes wrong results (top-1 agreement 0 on the demo), while without freezing it
+    runs at FP32 speed. The first shape is the package's default model (``package_names``).
     """
     import torch
 
-    models = {str(b): package_model_name(b, i == 0) for i, b in enumerate(batch_sizes)}
+    pairs: list[Shape] = [(s, None) if isinstance(s, int) else (int(s[0]), s[1]) for s in shapes]
+    names = package_names(pairs)
+    longest: dict[int, tuple[int, str]] = {}
+    for (b, n), name in names.items():
+        if b not in longest or (n or 0) > longest[b][0]:
+            longest[b] = (n or 0, name)
+    specs = list(metadata.get("inputs") or [])
+    sequence = any(n is not None for _, n in pairs)
     meta = {
         **metadata,
         "form": "package",
         "cpu_capability": hardware.capability(),
-        "package_models": models,
+        # a batch size's model (its longest length); "package_shapes" lists every model
+        "package_models": {str(b): name for b, (_, name) in longest.items()},
         # oneDNN chooses the packed weight layout for this thread count; another count at run time
         # makes it re-pack some weights on every call
         "compiled_threads": torch.get_num_threads(),
         # oneDNN packs weights for the instruction set it may use; another limit at run time is slow
         "onednn_max_cpu_isa": hardware.onednn_isa_limit(),
     }
-    # each model is compiled for the example's shape: a sequence dimension is fixed to its length
-    meta["inputs"] = [
-        {**item, "shape": ["batch", *t.shape[1:]]}
-        for item, t in zip(metadata.get("inputs") or [], example, strict=False)
-    ]
+    if sequence:
+        meta["package_shapes"] = [{"name": name, "batch": b, "length": n} for (b, n), name in names.items()]
+    else:  # each model is compiled for the example's shape: a sequence dimension is fixed to its length
+        meta["inputs"] = [{**item, "shape": ["batch", *t.shape[1:]]} for item, t in zip(specs, example, strict=False)]
     files: dict[str, Any] = {}
     with atomic_output(path) as tmp, torch.no_grad(), engine.quiet():
-        for b in batch_sizes:
-            args = engine.first_row_repeated(example, b)
+        for (b, n), name in names.items():
+            args = engine.first_row_repeated(at_length(example, specs, n) if n is not None else example, b)
             program = torch.export.export(graph, args)
             module = program.module()
             graph_helpers.strip_shape_asserts(module)
-            files[models[str(b)]] = private.aot_compile(
+            files[name] = private.aot_compile(
                 module,
                 args,
                 {
@@ -167,6 +213,18 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
         isinstance(models, dict) and models and all(str(b).isdigit() and isinstance(n, str) for b, n in models.items())
     ):
         return f"package_models {models!r}"
+    shapes = meta.get("package_shapes")
+    if shapes is not None and not (
+        isinstance(shapes, list)
+        and shapes
+        and all(
+            isinstance(s, dict)
+            and isinstance(s.get("name"), str)
+            and all(isinstance(s.get(k), int) and s[k] > 0 for k in ("batch", "length"))
+            for s in shapes
+        )
+    ):
+        return f"package_shapes {shapes!r}"
     inputs = meta.get("inputs", [])
     if not isinstance(inputs, list) or not all(
         isinstance(i, dict) and isinstance(i.get("shape"), list) and isinstance(i.get("dtype"), str) for i in inputs
@@ -252,9 +310,12 @@ class Artifact:
     def check_inputs(self, inputs: tuple[Tensor, ...]) -> None:
         """Refuse inputs of a shape the artifact was not made for, naming what it takes. A ``seq``
         dimension takes the lengths seen in calibration (``calibration.sequence_lengths``); a
-        package records the one length it was compiled for."""
+        package records the one length it was compiled for, or its lengths (``package_shapes``,
+        checked when it runs)."""
         specs = self.metadata.get("inputs") or []
         lengths = (self.metadata.get("calibration") or {}).get("sequence_lengths")
+        if self.metadata.get("package_shapes"):
+            lengths = None  # any: run_package pads to a compiled length or refuses
         for spec, tensor in zip(specs, inputs, strict=False):
             want, got = spec.get("shape", [])[1:], list(getattr(tensor, "shape", []))[1:]
             ok = len(want) == len(got)
@@ -367,6 +428,87 @@ def split_batch(batch: int, sizes_desc: list[int]) -> list[int] | None:
     return plan if left == 0 else None
 
 
+class PackageRunner:
+    """Runs a package's compiled models: splits a batch into the compiled batch sizes and, for a
+    model compiled at several sequence lengths (``package_shapes``), pads the inputs to the
+    shortest compiled length that holds them and cuts the per-token outputs back.
+
+    Padding needs an ``attention_mask`` input (recorded as each input's ``pad`` value): without one
+    only the compiled lengths run.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], runners: dict[Shape, Any]) -> None:
+        self.path, self.meta, self.runners = path, meta, runners
+        self.specs = list(meta.get("inputs") or [])
+        self.lengths = sorted({n for _, n in runners if n is not None})
+        self.pads = bool(self.specs) and all("pad" in s for s in self.specs if s.get("shape", [None])[1:2] == ["seq"])
+        # outputs with a dimension of the sequence's length: index → dimensions
+        self.token_outputs = {int(k): list(v) for k, v in (meta.get("token_outputs") or {}).items()}
+
+    def length_for(self, inputs: tuple[Tensor, ...]) -> int | None:
+        """The compiled length to run ``inputs`` at (None for a package without lengths)."""
+        if not self.lengths:
+            return None
+        seq = [t.shape[1] for t, s in zip(inputs, self.specs, strict=False) if s.get("shape", [None])[1:2] == ["seq"]]
+        if len(set(seq)) > 1:
+            raise ArtifactError(f"artifact '{self.path}': inputs have different sequence lengths {seq}", path=self.path)
+        n = int(seq[0]) if seq else self.lengths[-1]
+        fits = [length for length in self.lengths if length >= n] if self.pads else [n] * (n in self.lengths)
+        if not fits:
+            compiled = ", ".join(map(str, self.lengths))
+            how = "at most" if self.pads else "exactly"
+            raise ArtifactError(
+                f"artifact '{self.path}' was compiled for sequence lengths {compiled} and takes {how} those; got "
+                f"{n}: convert with --package-shapes including the lengths you serve (e.g. 1x{n},16x{n})",
+                path=self.path,
+            )
+        return fits[0]
+
+    def __call__(self, *inputs: Any) -> Any:
+        length = self.length_for(inputs)
+        n = next(
+            (
+                int(t.shape[1])
+                for t, s in zip(inputs, self.specs, strict=False)
+                if s.get("shape", [None])[1:2] == ["seq"]
+            ),
+            length,
+        )
+        if length is not None and length != n:
+            inputs = at_length(tuple(inputs), self.specs, length)
+        out = self.run_batches({b: r for (b, m), r in self.runners.items() if m == length}, inputs)
+        if length is None or length == n or not self.token_outputs:
+            return out
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        for index, dims in self.token_outputs.items():
+            if index < len(outs):
+                for dim in dims:
+                    outs[index] = outs[index].narrow(dim, 0, n)
+        return outs if isinstance(out, (list, tuple)) else outs[0]
+
+    def run_batches(self, runners: dict[int, Any], inputs: tuple[Tensor, ...]) -> Any:
+        """Run the compiled model of this batch size, or split the batch into compiled sizes."""
+        import torch
+
+        batch = int(inputs[0].shape[0])
+        if batch in runners:
+            return runners[batch](*inputs)
+        plan = split_batch(batch, sorted(runners, reverse=True))
+        if plan is None:
+            sizes = ", ".join(str(b) for b in sorted(runners))
+            raise ArtifactError(
+                f"artifact '{self.path}' was compiled for batch sizes {sizes} and cannot run a batch of {batch}; "
+                "convert with --package-batch-sizes including 1, or use the program form (any batch size)",
+                path=self.path,
+            )
+        outs, start = [], 0
+        for size in plan:
+            out = runners[size](*(t[start : start + size] for t in inputs))
+            outs.append(out if isinstance(out, (list, tuple)) else [out])
+            start += size
+        return [torch.cat(parts) for parts in zip(*outs, strict=True)]
+
+
 def load_artifact(
     path: str | os.PathLike[str], compile_cache: str | os.PathLike[str] | None = None, trust_model: bool = False
 ) -> Artifact:
@@ -398,29 +540,13 @@ def load_artifact(
         if limit:
             log.warning("%s", limit)
         with engine.quiet():
-            runners = {int(b): package_runner(path, name) for b, name in meta["package_models"].items()}
-
-        def run_package(*inputs: Any) -> Any:
-            """Run the compiled model of this batch size, or split the batch into compiled sizes."""
-            batch = int(inputs[0].shape[0])
-            if batch in runners:
-                return runners[batch](*inputs)
-            plan = split_batch(batch, sorted(runners, reverse=True))
-            if plan is None:
-                sizes = ", ".join(str(b) for b in sorted(runners))
-                raise ArtifactError(
-                    f"artifact '{path}' was compiled for batch sizes {sizes} and cannot run a batch of {batch}; "
-                    "convert with --package-batch-sizes including 1, or use the program form (any batch size)",
-                    path=path,
-                )
-            outs, start = [], 0
-            for size in plan:
-                out = runners[size](*(t[start : start + size] for t in inputs))
-                outs.append(out if isinstance(out, (list, tuple)) else [out])
-                start += size
-            return [torch.cat(parts) for parts in zip(*outs, strict=True)]
-
-        return Artifact(path, meta, run_package)
+            shapes: dict[Shape, str]
+            if meta.get("package_shapes"):
+                shapes = {(int(s["batch"]), int(s["length"])): s["name"] for s in meta["package_shapes"]}
+            else:
+                shapes = {(int(b), None): name for b, name in meta["package_models"].items()}
+            runners = {shape: package_runner(path, name) for shape, name in shapes.items()}
+        return Artifact(path, meta, PackageRunner(path, meta, runners))
     from qcli.scan import check_archive
 
     check_archive(path, trust_model)

@@ -46,7 +46,17 @@ class Prepared:
     exclude: tuple[str, ...] = ()  # modules kept FP32 (dynamic/weight-only apply it at conversion)
 
     def run(self, batch: Batch) -> Any:
-        return self.graph(*args_for(batch.inputs, self.spec))
+        args = args_for(batch.inputs, self.spec)
+        try:
+            return self.graph(*args)
+        except AssertionError as exc:  # a shape guard export derived from the model
+            if not str(exc).startswith("Guard failed"):
+                raise
+            shapes = ", ".join(f"{n} {list(t.shape)}" for n, t in batch.inputs.items())
+            raise DataError(
+                f"the model does not take samples of these shapes ({shapes}, from '{batch.files[0]}'): "
+                f"{str(exc).removeprefix('Guard failed: ')} (for texts: lower --max-length)"
+            ) from None
 
 
 def args_for(inputs: dict[str, Any], spec: InputSpec) -> tuple[Any, ...]:

@@ -1,6 +1,6 @@
 """Configuration: frozen dataclasses that check themselves, read from TOML recipes in ``configs/``.
 
-A recipe has a ``[preprocess]`` section (how images become tensors) and one section per command
+A recipe has a ``[preprocess]`` section (how image and text files become tensors) and one section per command
 (``[calibrate]``, ``[convert]``, ``[bench]``) whose keys are that command's option names
 (``batch_size`` or ``batch-size``), checked against the command's own options by the CLI.
 Explicit command-line flags win over the file.
@@ -9,7 +9,7 @@ Explicit command-line flags win over the file.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ class PreprocessConfig:
     center_crop: int | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    tokenizer: str | None = None
+    max_length: int | None = None
+    lengths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.channels, int) and not isinstance(self.channels, bool) and self.channels in CHANNEL_COUNTS:
@@ -60,10 +63,35 @@ class PreprocessConfig:
             value = getattr(self, key)
             if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ConfigError(f"preprocess.{key} must be a number or a list of numbers, not {value!r}", key=key)
+        self._check_text()
         if any(v <= 0 for v in self.std):
             raise ConfigError("preprocess.std values must be positive", key="std")
         if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
             raise ConfigError("preprocess.mean and preprocess.std must have the same length", key="mean")
+
+    def _check_text(self) -> None:
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise ConfigError(f"preprocess.tokenizer must be a folder path, not {self.tokenizer!r}", key="tokenizer")
+        if self.max_length is not None and not _positive_int(self.max_length):
+            raise ConfigError(
+                f"preprocess.max_length must be a positive integer, not {self.max_length!r}", key="max_length"
+            )
+        if self.lengths is not None:
+            if not self.lengths or not all(_positive_int(v) for v in self.lengths):
+                raise ConfigError(
+                    f"preprocess.lengths must be a list of positive integers, not {list(self.lengths)!r}", key="lengths"
+                )
+            object.__setattr__(self, "lengths", tuple(sorted(set(self.lengths))))
+            if self.max_length is not None and self.lengths[-1] < self.max_length:
+                raise ConfigError(
+                    f"preprocess.lengths must reach max_length {self.max_length} (the longest is {self.lengths[-1]})",
+                    key="lengths",
+                )
+
+    @property
+    def images_default(self) -> bool:
+        """No image setting differs from the defaults (text settings may)."""
+        return replace(self, tokenizer=None, max_length=None, lengths=None) == PreprocessConfig()
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "config") -> PreprocessConfig:
@@ -78,6 +106,8 @@ class PreprocessConfig:
                 )
             if key in ("mean", "std"):
                 value = tuple(value) if isinstance(value, list) else (value,)
+            if key == "lengths":
+                value = tuple(value) if isinstance(value, list) else (value,)
             values[key] = value
         try:
             return cls(**values)
@@ -86,6 +116,10 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass(frozen=True)

@@ -235,14 +235,57 @@ def finalize(converted: GraphModule) -> Any:
     return converted
 
 
-def input_specs(program: Any, prepared: Prepared) -> list[dict[str, Any]]:
+def pad_id(config: dict[str, Any]) -> int:
+    """The token id texts are padded with: the tokenizer's pad token (0 without one)."""
+    folder = (config.get("preprocess") or {}).get("tokenizer")
+    if not folder:
+        return 0
+    from qcli.errors import QcliError
+    from qcli.text import load_tokenizer
+
+    try:
+        return int(getattr(load_tokenizer(folder), "pad_token_id", None) or 0)
+    except QcliError:
+        return 0
+
+
+def token_outputs(program: Any) -> dict[str, list[int]]:
+    """Outputs (index in the flattened outputs) → their dimensions of the inputs' sequence length:
+    what is cut back after a package runs padded inputs."""
+    import torch
+
+    user = set(program.graph_signature.user_inputs)
+    lengths = set()
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        is_input = node.op == "placeholder" and node.name in user and isinstance(val, torch.Tensor)
+        if is_input and val.ndim >= 2 and isinstance(val.shape[1], torch.SymInt):
+            lengths.add(str(val.shape[1]))
+    if not lengths:
+        return {}
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    found = {}
+    for i, node in enumerate(output.args[0]):
+        val = getattr(node, "meta", {}).get("val")
+        if isinstance(val, torch.Tensor):
+            dims = [
+                d for d in range(1, val.ndim) if isinstance(val.shape[d], torch.SymInt) and str(val.shape[d]) in lengths
+            ]
+            if dims:
+                found[str(i)] = dims
+    return found
+
+
+def input_specs(program: Any, prepared: Prepared, pad: int = 0) -> list[dict[str, Any]]:
     """Name, shape and dtype of each input; ``batch`` and ``seq`` name the dimensions the program
-    leaves dynamic (``seq``: dimension 1 of a sequence model's inputs)."""
+    leaves dynamic (``seq``: dimension 1 of a sequence model's inputs). With an attention mask
+    among the inputs, each ``seq`` input records the value it is padded with (``pad``: the
+    tokenizer's ``pad`` for token ids, 0 otherwise)."""
     import torch
 
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
     user = [n for n in placeholders if n.name in set(program.graph_signature.user_inputs)]
-    specs = []
+    specs: list[dict[str, Any]] = []
     for name, node, t in zip(prepared.spec.names, user, prepared.example, strict=False):
         val = node.meta.get("val")
         shape: list[Any] = ["batch"]
@@ -250,6 +293,10 @@ def input_specs(program: Any, prepared: Prepared) -> list[dict[str, Any]]:
             dynamic = val is not None and isinstance(val.shape[i], torch.SymInt)
             shape.append("seq" if dynamic and i == 1 else int(size))
         specs.append({"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")})
+    if any(s["name"] == "attention_mask" and s["shape"][1:2] == ["seq"] for s in specs):
+        for s in specs:
+            if s["shape"][1:2] == ["seq"]:
+                s["pad"] = pad if s["name"] == "input_ids" else 0
     return specs
 
 
@@ -325,7 +372,8 @@ def convert_model(
     final = finalize(quantized.graph)
     program = engine.export(final, prepared.example, prepared.spec.names, sequence=prepared.spec.sequence)
     metadata = artifact_metadata(loaded, prepared, options, provenance, quantized)
-    metadata["inputs"] = input_specs(program, prepared)
+    metadata["inputs"] = input_specs(program, prepared, pad_id(provenance.config))
+    metadata["token_outputs"] = token_outputs(program)
     metadata["outputs"] = [
         {"shape": ["batch", *o.shape[1:]], "dtype": str(o.dtype).replace("torch.", "")}
         for o in outs
@@ -371,6 +419,25 @@ def artifact_metadata(
     }
 
 
+def package_shapes(options: ConvertOptions, metadata: dict[str, Any], example: tuple[Tensor, ...]) -> list[Any]:
+    """What the package is compiled for: batch sizes, or for a model whose inputs have a ``seq``
+    dimension, (batch, length) shapes (``--package-shapes``, else each batch size at the longest
+    length seen in calibration)."""
+    sequence = any(s["shape"][1:2] == ["seq"] for s in metadata.get("inputs") or [])
+    if not sequence:
+        if options.package_shapes:
+            raise OptionError(
+                "{package_shapes} is for models whose inputs have a sequence dimension; this model's inputs have "
+                "fixed sizes: use {package_batch_sizes}"
+            )
+        return list(options.package_batch_sizes)
+    if options.package_shapes:
+        return list(options.package_shapes)
+    lengths = (metadata.get("calibration") or {}).get("sequence_lengths")
+    longest = int(lengths[1]) if lengths else int(example[0].shape[1])
+    return [(b, longest) for b in options.package_batch_sizes]
+
+
 def write_forms(
     final: Any, program: Any, example: tuple[Tensor, ...], out: Path, options: ConvertOptions, metadata: dict[str, Any]
 ) -> dict[str, str]:
@@ -383,7 +450,7 @@ def write_forms(
     from qcli.artifact import write_package, write_program
     from qcli.files import atomic_output
 
-    sizes = list(options.package_batch_sizes)
+    sizes = package_shapes(options, metadata, example) if options.form != "program" else []
     if options.form == "package":
         write_package(final, example, out, metadata, sizes)
         return {"package": str(out)}

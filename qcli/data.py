@@ -1,4 +1,4 @@
-"""Stage 2: read a folder of samples (images or tensor files) as a stream of batches.
+"""Stage 2: read a folder of samples (images, tensor files or texts) as a stream of batches.
 
 Files are found recursively and ordered by their relative path, so the order never depends on the
 file system; ``seed`` shuffles that order reproducibly and ``limit`` keeps the first N samples.
@@ -7,7 +7,8 @@ mapping of input name to tensor (without the batch dimension); ``batches`` stack
 holds one batch at a time whatever the size of the folder.
 
 A folder whose samples all sit in sub-folders is also a labeled set: the sub-folder names, sorted,
-are the class names and their index is the label.
+are the class names and their index is the label. Text files (``qcli.text``) may also carry a
+label per text.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from qcli.config import PreprocessConfig
 from qcli.errors import DataError
 from qcli.files import require_dir, sha256_file
+from qcli.text import LABEL, TEXT_EXTS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TENSOR_EXTS = (".pt", ".pth", ".npy", ".npz", ".safetensors")
@@ -83,34 +85,57 @@ class SampleFolder:
         seed: int | None = None,
         what: str = "calibration folder",
     ) -> SampleFolder:
+        from qcli import text
+
         require_dir(root, what)
         files = sorted(
-            (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in READERS and not p.name.startswith(".")),
+            (
+                p
+                for p in root.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in READERS
+                and not p.name.startswith(".")
+                and text.is_sample(p, root)
+            ),
             key=lambda p: p.relative_to(root).as_posix(),
         )
         if not files:
             exts = " ".join(sorted(READERS))
             raise DataError(
-                f"{what} '{root}' has no image or tensor files (looked for {exts}); pass a folder of samples",
+                f"{what} '{root}' has no image, tensor or text files (looked for {exts}); pass a folder of samples",
                 path=root,
             )
         if seed is not None:
             random.Random(seed).shuffle(files)
+        preprocess = preprocess or PreprocessConfig()
         labeled = all(len(p.relative_to(root).parts) == 2 for p in files)
         classes = tuple(sorted({p.relative_to(root).parts[0] for p in files})) if labeled else None
-        return cls(root, tuple(files), classes, preprocess or PreprocessConfig())
+        if all(p.suffix.lower() in text.TABLES for p in files):
+            labels = [label for p in files for label in text.labels_of(p)]
+            given = [label for label in labels if label is not None]
+            if given and len(given) != len(labels):
+                raise DataError(
+                    f"{what} '{root}': {len(given)} of {len(labels)} texts have a label; label all or none",
+                    path=root,
+                )
+            if given:
+                classes = text.classes_of(given, preprocess.tokenizer)
+        return cls(root, tuple(files), classes, preprocess)
 
     @property
     def labeled(self) -> bool:
         return self.classes is not None
 
-    def label_of(self, path: Path) -> int | None:
+    def label_of(self, path: Path, given: Any = None) -> int | None:
+        """The class index of a sample: its own label (a text record's), else its sub-folder's."""
         if self.classes is None:
             return None
+        if given is not None:
+            return self.classes.index(str(given))
         return self.classes.index(path.relative_to(self.root).parts[0])
 
-    def samples(self, spec: InputSpec, limit: int | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """Yield (file, sample) pairs, at most ``limit`` of them, checking that each is finite.
+    def samples(self, spec: InputSpec, limit: int | None = None) -> Iterator[tuple[Path, dict[str, Any], int | None]]:
+        """Yield (file, sample, label) triples, at most ``limit`` of them, checking that each is finite.
 
         Floating-point samples become float32, what qcli's FP32 models take; a value that does
         not fit float32 (a float64 of 1e39, say) would be Inf there and is refused like Inf.
@@ -120,6 +145,7 @@ class SampleFolder:
         count = 0
         for path in self.files:
             for sample in READERS[path.suffix.lower()](path, self.preprocess, spec):
+                label = self.label_of(path, sample.pop(LABEL, None))
                 for name, tensor in sample.items():
                     if tensor.is_floating_point():
                         sample[name] = tensor = tensor.to(torch.float32)
@@ -129,7 +155,7 @@ class SampleFolder:
                                 "beyond float32's range); remove or fix the file",
                                 path=path,
                             )
-                yield path, sample
+                yield path, sample, label
                 count += 1
                 if limit is not None and count >= limit:
                     return
@@ -145,16 +171,16 @@ class SampleFolder:
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, not {batch_size}")
         first: dict[str, tuple[tuple[int, ...], Any]] | None = None
-        groups: dict[Any, list[tuple[Path, dict[str, Any]]]] = {}  # one per sequence length
+        groups: dict[Any, list[tuple[Path, dict[str, Any], int | None]]] = {}  # one per sequence length
 
-        def flush(pending: list[tuple[Path, dict[str, Any]]]) -> Batch:
-            inputs = {name: torch.stack([s[name] for _, s in pending]) for name in pending[0][1]}
+        def flush(pending: list[tuple[Path, dict[str, Any], int | None]]) -> Batch:
+            inputs = {name: torch.stack([s[name] for _, s, _ in pending]) for name in pending[0][1]}
             labels = None
             if self.labeled:
-                labels = torch.tensor([self.label_of(p) for p, _ in pending], dtype=torch.int64)
-            return Batch(inputs, labels, tuple(self._rel(p) for p, _ in pending))
+                labels = torch.tensor([label for _, _, label in pending], dtype=torch.int64)
+            return Batch(inputs, labels, tuple(self._rel(p) for p, _, _ in pending))
 
-        for path, sample in self.samples(spec, limit):
+        for path, sample, label in self.samples(spec, limit):
             layout = {name: (tuple(t.shape), t.dtype) for name, t in sample.items()}
             if first is None:
                 first = layout
@@ -167,7 +193,7 @@ class SampleFolder:
                 )
             key = tuple(sorted((name, shape) for name, (shape, _) in layout.items()))
             pending = groups.setdefault(key, [])
-            pending.append((path, sample))
+            pending.append((path, sample, label))
             if len(pending) == batch_size:
                 yield flush(pending)
                 del groups[key]
@@ -250,6 +276,13 @@ def _per_channel(values: tuple[float, ...], channels: int, key: str) -> list[flo
     if len(values) == 1:
         return list(values) * channels
     raise DataError(f"preprocess.{key} has {len(values)} values but images have {channels} channels")
+
+
+@reader(*TEXT_EXTS)
+def read_text(path: Path, pre: PreprocessConfig, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    from qcli.text import tokenize
+
+    yield from tokenize(path, spec.names, pre.tokenizer, pre.max_length, pre.lengths)
 
 
 @reader(".pt", ".pth")

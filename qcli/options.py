@@ -172,6 +172,9 @@ class ConvertOptions:
     weights: str = "per-channel"
     form: str = "package"
     package_batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    # a sequence model's package: (batch size, length) of each compiled model; () gives every
+    # package batch size at the longest calibration length
+    package_shapes: tuple[tuple[int, int], ...] = ()
     threads: int | None = None  # torch threads while compiling the package
     search: SearchOptions | None = None
     input_shape: tuple[InputShape, ...] = ()  # dynamic/weight-only without samples: the inputs' shapes
@@ -191,6 +194,14 @@ class ConvertOptions:
         _one_of("form", self.form, FORMS)
         _sizes("package_batch_sizes", self.package_batch_sizes)
         _positive("threads", self.threads)
+        shapes = tuple(dict.fromkeys(tuple(shape) for shape in self.package_shapes))
+        if not all(
+            len(s) == 2 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s) for s in shapes
+        ):
+            raise OptionError(f"{{package_shapes}} must list batch x length pairs, e.g. 1x128,16x128, not {shapes!r}")
+        object.__setattr__(self, "package_shapes", shapes)
+        if shapes and self.form == "program":
+            raise OptionError("{package_shapes} shapes a package; {form} program runs any shape")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "package_batch_sizes", tuple(dict.fromkeys(self.package_batch_sizes)))
 

@@ -334,7 +334,7 @@ CASES: list[Case] = [
     Case("--arch names no callable", arch("qcli.demo:WEIGHTS"), 1, "not callable"),
     Case("--arch callable raises", arch("models:broken_arch"), 1, "raised"),
     Case("--arch-kwargs not JSON", lambda d: ["inspect", weights(d), *ARCH, "--arch-kwargs", "{width: 3"], 1, "JSON"),
-    Case("empty calibration folder", files_in_calib(lambda s: None), 1, "has no image or tensor files"),
+    Case("empty calibration folder", files_in_calib(lambda s: None), 1, "has no image, tensor or text files"),
     Case(
         "corrupt image",
         files_in_calib(lambda s: (s / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")),
@@ -343,6 +343,30 @@ CASES: list[Case] = [
     ),
     Case("zero-byte image", files_in_calib(lambda s: (s / "x.png").write_bytes(b"")), 1, "cannot be decoded"),
     Case("samples of mixed shapes", files_in_calib(mixed_shapes), 1, "the first sample had"),
+    Case(
+        "texts for a model without a tokenizer",
+        files_in_calib(lambda s: (s / "t.txt").write_text("hi\n")),
+        1,
+        "needs a tokenizer",
+    ),  # fmt: skip
+    Case(
+        "a .jsonl line that is not JSON",
+        files_in_calib(lambda s: (s / "t.jsonl").write_text("{text: 1}\n")),
+        1,
+        "is not JSON",
+    ),  # fmt: skip
+    Case(
+        "--package-shapes for a model of fixed sizes",
+        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "x.pt2", "--package-shapes", "1x128"],
+        1,
+        "is for models whose inputs have a sequence dimension",
+    ),
+    Case(
+        "--package-shapes that is not BATCHxLENGTH",
+        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "x.pt2", "--package-shapes", "16"],
+        2,
+        "is not BATCHxLENGTH",
+    ),
     Case(
         "files that hold zero samples",
         files_in_calib(lambda s: np.save(s / "x.npy", np.zeros((0, 1, 28, 28), np.float32))),

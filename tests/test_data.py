@@ -25,7 +25,7 @@ def test_image_preprocessing_matches_hand_computation(tmp_path):
     pixels = np.arange(36, dtype=np.uint8).reshape(6, 6) * 7
     Image.fromarray(pixels, mode="L").save(tmp_path / "a.png")
     pre = PreprocessConfig(channels="grayscale", center_crop=4, mean=(0.5,), std=(0.25,))
-    ((_, sample),) = SampleFolder.open(tmp_path, pre).samples(SPEC_IMG)
+    ((_, sample, _),) = SampleFolder.open(tmp_path, pre).samples(SPEC_IMG)
     expected = (torch.from_numpy(pixels[1:5, 1:5].astype(np.float32)) / 255.0 - 0.5) / 0.25
     assert sample["x"].shape == (1, 4, 4)
     torch.testing.assert_close(sample["x"][0], expected)
@@ -34,7 +34,7 @@ def test_image_preprocessing_matches_hand_computation(tmp_path):
 def test_rgb_resize_then_crop(tmp_path):
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "r.jpg")
     pre = PreprocessConfig(channels="rgb", resize=10, center_crop=10)
-    ((_, sample),) = SampleFolder.open(tmp_path, pre).samples(InputSpec(("x",), (4,), 3))
+    ((_, sample, _),) = SampleFolder.open(tmp_path, pre).samples(InputSpec(("x",), (4,), 3))
     assert sample["x"].shape == (3, 10, 10)
     assert sample["x"][0].mean() > 0.9 and sample["x"][1].abs().max() < 0.1
 
@@ -74,7 +74,7 @@ def test_limit_counts_samples_not_files(tmp_path):
 @pytest.mark.parametrize(
     ("setup", "needle"),
     [
-        (lambda d: None, "has no image or tensor files"),
+        (lambda d: None, "has no image, tensor or text files"),
         (lambda d: (d / "x.png").write_bytes(b"not a png"), "cannot be decoded"),
         (lambda d: (d / "x.png").write_bytes(b""), "cannot be decoded"),
         (lambda d: np.save(d / "x.npy", np.array([1.0, np.nan], dtype=np.float32)), "NaN or Inf"),

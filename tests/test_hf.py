@@ -135,7 +135,7 @@ def test_an_image_folder_brings_its_own_preprocessing(folders, tmp_path):
     assert recipe.preprocess == PreprocessConfig(channels="rgb", resize=32, interpolation="bicubic", center_crop=32,
                                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # fmt: skip
     given = Recipe(PreprocessConfig(resize=40), {}, tmp_path / "r.toml")
-    assert folder_recipe(folder, given) is given  # a recipe the user gives wins
+    assert folder_recipe(folder, given) == given  # a recipe the user gives wins
     assert folder_recipe(folders / "bert", Recipe()) == Recipe()  # no processor config: nothing changes
     # images read through it reach the model's own size
     from PIL import Image
@@ -144,7 +144,7 @@ def test_an_image_folder_brings_its_own_preprocessing(folders, tmp_path):
 
     (tmp_path / "img").mkdir()
     Image.new("RGB", (50, 40), (200, 10, 10)).save(tmp_path / "img" / "a.png")
-    _, sample = next(
+    _, sample, _ = next(
         SampleFolder.open(tmp_path / "img", recipe.preprocess).samples(InputSpec(("pixel_values",), (4,), 3))
     )
     assert sample["pixel_values"].shape == (3, 32, 32)
@@ -168,3 +168,30 @@ def test_task_chooses_the_head_and_is_recorded(folders, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_qcli("inspect", folders / "tokens" / "a.safetensors", "--task", "masked-lm")
     assert proc.returncode == 1 and "--task chooses the head of a model folder" in proc.stderr
+
+
+def test_sharded_weights_load_like_one_file(folders, tmp_path):
+    """save_pretrained with a small max_shard_size writes shards and an index: the folder loads
+    as the same model, and its SHA-256 covers every shard."""
+    from qcli.api import convert_model_file
+    from qcli.load import load_model
+    from qcli.options import CalibrationOptions, ConvertOptions
+
+    bert = transformers.BertForSequenceClassification.from_pretrained(str(folders / "bert"), local_files_only=True)
+    sharded = tmp_path / "sharded"
+    bert.save_pretrained(sharded, max_shard_size="200KB")
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (sharded / "model.safetensors.index.json").is_file()
+    one, many = load_model(folders / "bert"), load_model(sharded)
+    tokens = {"input_ids": torch.randint(3, 1000, (2, 10)), "attention_mask": torch.ones(2, 10, dtype=torch.int64)}
+    with torch.no_grad():
+        torch.testing.assert_close(many.module(**tokens)["logits"], one.module(**tokens)["logits"])
+    report = convert_model_file(sharded, tmp_path / "int8.pt2", calib_dir=folders / "tokens", options=ConvertOptions(
+        calibration=CalibrationOptions(limit=8), form="program"))  # fmt: skip
+    assert report.quantized_layers == 14 and report.model.sha256 == many.sha256
+    before = many.sha256
+    last = sharded / shards[-1]
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 1  # one bit of the last shard's last weight
+    last.write_bytes(bytes(data))
+    assert load_model(sharded).sha256 != before

@@ -19,6 +19,7 @@ from qcli.cli.options import (
     ConfigOpt,
     ForceOpt,
     Inconclusive,
+    MaxLengthOpt,
     MetricOpt,
     ModelArg,
     OutputFormat,
@@ -177,6 +178,7 @@ def bench_command(
     force: ForceOpt = False,
     trust_model: TrustModelOpt = False,
     task: TaskOpt = None,
+    max_length: MaxLengthOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure FP32 eager, FP32 compiled and INT8 interleaved in one process, and their accuracy.
@@ -210,7 +212,7 @@ def bench_command(
                 arch=arch_spec(arch, arch_kwargs),
                 eval_dir=eval_dir,
                 calib_dir=calib_dir,
-                recipe=recipe_of(ctx),
+                recipe=recipe_of(ctx, max_length),
                 options=options,
                 trust_model=trust_model,
                 task=task.value if task is not None else None,

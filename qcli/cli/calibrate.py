@@ -19,6 +19,7 @@ from qcli.cli.options import (
     ConfigOpt,
     ForceOpt,
     LimitOpt,
+    MaxLengthOpt,
     ModelArg,
     ModeOpt,
     OutputFormat,
@@ -49,6 +50,7 @@ def calibrate_command(
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
     trust_model: TrustModelOpt = False,
     task: TaskOpt = None,
+    max_length: MaxLengthOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run observers over CALIB_DIR and write per-tensor ranges and histograms to a safetensors file.
@@ -63,10 +65,11 @@ def calibrate_command(
             calib_dir,
             output,
             arch=arch_spec(arch, arch_kwargs),
-            recipe=recipe_of(ctx),
+            recipe=recipe_of(ctx, max_length),
             options=CalibrationOptions(limit, seed, batch_size, mode.value),
             force=force,
             trust_model=trust_model,
+            task=task.value if task is not None else None,
             track=render.tracker(quiet, "calibrating"),
         )
     if format is OutputFormat.json:

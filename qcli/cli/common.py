@@ -38,10 +38,19 @@ def load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
-def recipe_of(ctx: typer.Context) -> Recipe:
-    """The recipe ``--config`` loaded (the defaults when there was none)."""
+def recipe_of(ctx: typer.Context, max_length: int | None = None) -> Recipe:
+    """The recipe ``--config`` loaded (the defaults when there was none), with ``--max-length``
+    (which caps the recipe's padding lengths, if it lists any) applied."""
+    from dataclasses import replace
+
     recipe = ctx.meta.get(RECIPE_KEY)
-    return recipe if isinstance(recipe, Recipe) else Recipe()
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe()
+    if max_length is None:
+        return recipe
+    lengths = recipe.preprocess.lengths
+    if lengths is not None:
+        lengths = (*(n for n in lengths if n < max_length), max_length)
+    return replace(recipe, preprocess=replace(recipe.preprocess, max_length=max_length, lengths=lengths))
 
 
 def recipe_options(command: Any) -> dict[str, Any]:
@@ -146,3 +155,16 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(s <= 0 for s in sizes):
         raise typer.BadParameter(f"'{text}' must list positive batch sizes, e.g. 1,16")
     return tuple(dict.fromkeys(sizes))
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """'1x128,16x128' → ((1, 128), (16, 128)): ``--package-shapes``; anything else is a usage error."""
+    out = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        dims = item.split("x")
+        if len(dims) != 2 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise typer.BadParameter(f"--package-shapes '{item}' is not BATCHxLENGTH, e.g. 1x128,16x128")
+        out.append((int(dims[0]), int(dims[1])))
+    if not out:
+        raise typer.BadParameter("--package-shapes lists no shapes, e.g. 1x128,16x128")
+    return tuple(dict.fromkeys(out))

@@ -10,7 +10,7 @@ import typer
 
 from qcli import tables
 from qcli.cli import render
-from qcli.cli.common import arch_spec, flags_named, gated, parse_batch_sizes, recipe_of
+from qcli.cli.common import arch_spec, flags_named, gated, parse_batch_sizes, parse_shapes, recipe_of
 from qcli.cli.options import (
     CALIBRATION,
     CONVERT,
@@ -26,6 +26,7 @@ from qcli.cli.options import (
     ForceOpt,
     Form,
     LimitOpt,
+    MaxLengthOpt,
     Method,
     MetricOpt,
     ModelArg,
@@ -133,6 +134,15 @@ FormOpt = Annotated[
 PackageBatchSizesOpt = Annotated[
     str, typer.Option("--package-batch-sizes", help="Batch sizes the package is compiled for, one model each.")
 ]
+PackageShapesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--package-shapes",
+        help="A sequence model's package: the BATCHxLENGTH shapes it is compiled for, e.g. 1x128,16x128; "
+        "shorter inputs are padded to the next compiled length (default: each package batch size at the "
+        "longest calibration length).",
+    ),
+]
 
 SaveConfigOpt = Annotated[
     Path | None,
@@ -178,6 +188,7 @@ def convert_command(
     weights: WeightsOpt = CONVERT.weights,
     form: FormOpt = DEFAULT_FORM,
     package_batch_sizes: PackageBatchSizesOpt = PACKAGE_BATCH_SIZES,
+    package_shapes: PackageShapesOpt = None,
     threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
@@ -190,6 +201,7 @@ def convert_command(
     format: FormatOpt = OutputFormat.table,
     trust_model: TrustModelOpt = False,
     task: TaskOpt = None,
+    max_length: MaxLengthOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Quantize MODEL to INT8 (static by default) and write an artifact plain PyTorch can run.
@@ -209,6 +221,7 @@ def convert_command(
             weights=weights,
             form=form.value,
             package_batch_sizes=parse_batch_sizes(package_batch_sizes),
+            package_shapes=parse_shapes(package_shapes) if package_shapes else (),
             threads=threads,
             search=search,
             input_shape=InputShape.parse_all(input_shape) if input_shape else (),
@@ -220,7 +233,7 @@ def convert_command(
                 stats=stats,
                 calib_dir=calib_dir,
                 arch=arch_spec(arch, arch_kwargs),
-                recipe=recipe_of(ctx),
+                recipe=recipe_of(ctx, max_length),
                 options=options,
                 force=force,
                 save_config=save_config,

@@ -127,5 +127,14 @@ TaskOpt = Annotated[
         "e.g. --task sequence-classification.",
     ),
 ]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        min=1,
+        help="Text samples (.txt, .jsonl, .csv): cut to this many tokens (default 128; recipe key "
+        "preprocess.max_length) and padded to 16, 32, 64, ... up to it (preprocess.lengths).",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or hints on stderr.")]
