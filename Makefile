@@ -20,7 +20,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo train-text clean
 
 install: $(STAMP)
 
@@ -120,6 +120,10 @@ bench-startup: install
 train-demo: install
 	$(BIN)/pip install -q mlxtend
 	$(BIN)/python -m qcli.demo.train
+
+# the text classifier in tests/data/fortunes, trained on Debian's fortunes package (apt-get download)
+train-text: install
+	$(BIN)/python tests/train_text.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache
