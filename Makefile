@@ -20,7 +20,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo train-text clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-coverage bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo train-text clean
 
 install: $(STAMP)
 
@@ -88,7 +88,7 @@ bench: install
 		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html --force $(GATES)
 
 # the project's own benchmarks (not part of `make test`)
-benchmarks: bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result bench-memory bench-calibration bench-startup
+benchmarks: bench-coverage bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result bench-memory bench-calibration bench-startup
 
 bench-resnet18: install
 	$(BIN)/python benchmarks/resnet18.py
@@ -107,6 +107,11 @@ bench-first-result: install
 bench-peers: install
 	$(BIN)/pip install -q -c requirements.txt -r benchmarks/requirements-peers.txt
 	$(BIN)/python benchmarks/peers.py $(MODELS)
+
+# which architectures (built from transformers configs, plus the project's CNNs) qcli quantizes,
+# at what fidelity and speed-up (about 40 minutes; NAMES="bert gpt2" runs a subset)
+bench-coverage: install
+	$(BIN)/python benchmarks/coverage.py $(NAMES)
 
 bench-memory: install
 	$(BIN)/python benchmarks/memory.py

@@ -100,6 +100,7 @@ def prepare(
     program = engine.export(module, example, spec.names, sequence=spec.sequence)
     exported = program.module()
     graph.linears_in_other_clothes(exported)  # Conv1D's addmm, x @ W: linear layers too
+    graph.explicit_conv_padding(exported)  # padding="same": a conv2d overload the quantizer refuses
     if mode != "static":
         return Prepared(exported, example, spec, mode, weights, exclude)
     observed = engine.prepare_pt2e(exported, exclude, weights)

@@ -274,6 +274,10 @@ def _check_plan(plan: _Plan, shapes: list[tuple[int, ...]], folder: SampleFolder
             f"{{metric}} {metric} needs [batch, classes] scores, but output '{name}' has shape {_shown(shape)}; "
             "pick the class output with {output_name}, or judge by sqnr or cosine with {metric}"
         )
+    if metric == "top5" and shape[1] <= 5:
+        raise OptionError(
+            f"{{metric}} top5 on output '{name}' of {shape[1]} classes is always 100%; judge by top1 with {{metric}}"
+        )
     if metric in ("top1", "top5") and classes > shape[1]:
         raise OptionError(
             f"the evaluation folder has {classes} classes but output '{name}' has {shape[1]} columns; "
@@ -479,8 +483,9 @@ def _result(
         labeled=folder.labeled,
         fp32_top1=scorer.hit_rate("fp32_1") if top else None,
         int8_top1=scorer.hit_rate("int8_1") if top else None,
-        fp32_top5=scorer.hit_rate("fp32_5") if top else None,
-        int8_top5=scorer.hit_rate("int8_5") if top else None,
+        # top-5 of five classes or fewer is 100% whatever the model does: not a figure to show
+        fp32_top5=scorer.hit_rate("fp32_5") if top and chosen is not None and chosen.shape[0] > 5 else None,
+        int8_top5=scorer.hit_rate("int8_5") if top and chosen is not None and chosen.shape[0] > 5 else None,
         top1_agreement=chosen.top1_agreement if chosen is not None else None,
         sqnr_db=summary.sqnr_db,
         cosine=summary.cosine,

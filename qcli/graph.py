@@ -258,6 +258,68 @@ def drop_integer_observers(gm: GraphModule) -> list[str]:
     return dropped
 
 
+def explicit_conv_padding(gm: GraphModule) -> int:
+    """Rewrite ``conv2d(..., padding="same"|"valid")`` into ``conv2d`` with integer padding, in
+    place; returns how many.
+
+    ``nn.Conv2d(padding="same")`` (EfficientNet's depthwise convolutions in ``transformers``)
+    exports as the ``aten.conv2d.padding`` overload, which torchao's X86 quantizer refuses with an
+    internal ``ValueError: conv2d is not an aten conv2d operator``. "valid" is padding 0; "same"
+    is ``dilation * (kernel - 1) / 2`` on each side when that is a whole number (odd kernels);
+    an even kernel pads unevenly, which integer padding cannot say: that convolution is left as
+    it is and the quantizer's refusal stands. Convolutions of ``nn.Conv2d`` subclasses are marked
+    as ``nn.Conv2d``, which is all the quantizer looks for (they stayed FP32).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in (aten.conv2d.default, aten.conv2d.padding):
+            owner = list((node.meta.get("nn_module_stack") or {}).values())[-1:]
+            kind = owner[0][1] if owner else None
+            name = (
+                kind
+                if isinstance(kind, str)
+                else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', '')}"
+            )
+            if kind is not None and name != "torch.nn.modules.conv.Conv2d" and name.endswith("Conv2d"):
+                # a subclass (EfficientNetDepthwiseConv2d): the quantizer matches nn.Conv2d itself
+                node.meta["source_fn_stack"] = [(node.name, torch.nn.functional.conv2d)]
+        if node.op != "call_function" or node.target != aten.conv2d.padding:
+            continue
+        args = list(node.args) + [None] * (7 - len(node.args))
+        x, weight, bias, stride, padding, dilation, groups = args
+        stride, dilation = stride or [1, 1], dilation or [1, 1]
+        groups = 1 if groups is None else groups
+        val = getattr(weight, "meta", {}).get("val")
+        if not isinstance(val, torch.Tensor) and getattr(weight, "op", None) == "get_attr":
+            val = _attr(gm, weight.target)
+        if padding in (None, "valid"):  # the overload's default is "valid"
+            pads = [0, 0]
+        elif padding == "same" and isinstance(val, torch.Tensor):
+            total = [d * (k - 1) for d, k in zip(dilation, val.shape[2:], strict=False)]
+            if any(t % 2 for t in total):
+                continue
+            pads = [t // 2 for t in total]
+        else:
+            continue
+        node.target = aten.conv2d.default
+        node.args = (x, weight, bias, list(stride), pads, list(dilation), groups)
+        changed += 1
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return changed
+
+
+def _attr(gm: GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
 def linears_in_other_clothes(gm: GraphModule) -> int:
     """Rewrite linear layers that are not ``aten.linear`` into it, in place; returns how many.
 

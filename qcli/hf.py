@@ -111,24 +111,41 @@ def load_folder(folder: Path, trust_model: bool = False, task: str | None = None
     return model.eval()
 
 
+# forward parameters that are not inputs a sample gives: caches, flags, training targets
+NOT_INPUTS = frozenset({
+    "past_key_values", "past_key_value", "cache", "use_cache", "cache_position", "output_attentions",
+    "output_hidden_states", "output_router_logits", "return_dict", "return_loss", "labels", "head_mask",
+    "inputs_embeds", "decoder_inputs_embeds", "decoder_head_mask", "cross_attn_head_mask", "logits_to_keep",
+    "interpolate_pos_encoding", "encoder_hidden_states", "encoder_attention_mask", "encoder_outputs",
+})  # fmt: skip
+
+
 def plain_outputs(model: Any) -> None:
-    """Make ``model`` return a plain dict where ``transformers`` returns a ``ModelOutput``.
+    """Make ``model`` take its real inputs in order and return a plain dict where ``transformers``
+    returns a ``ModelOutput``.
 
     An exported program records the type of its outputs; one that returns a ``ModelOutput``
     cannot be loaded by ``torch.export.load`` in a process that has not imported
-    ``transformers`` ("NotImplementedError" on the output spec), so the artifact would not run
-    with plain torch. The names of the outputs stay; the instance's ``forward`` keeps its
-    signature (qcli reads input names from it).
+    ``transformers`` ("... in pytree is not registered"), so the artifact would not run with plain
+    torch. The names of the outputs stay. Parameters that no sample gives (``NOT_INPUTS``: a
+    cache, flags, labels) are dropped from the positional signature qcli reads the input names
+    from: GPT-2's ``forward(input_ids, cache, attention_mask, ...)`` takes ``input_ids,
+    attention_mask`` in that order. Only the instance's ``forward`` changes.
     """
     import functools
+    import inspect
 
     original = model.forward
+    signature = inspect.signature(original)
+    kept = [p for name, p in signature.parameters.items() if name not in NOT_INPUTS]
+    names = [p.name for p in kept if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     @functools.wraps(original)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
+        out = original(**dict(zip(names, args, strict=False)), **kwargs)
         return {k: v for k, v in out.items()} if hasattr(out, "to_tuple") and hasattr(out, "items") else out
 
+    forward.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
     model.forward = forward
 
 

@@ -110,7 +110,8 @@ def accuracy_table(report: BenchReport) -> Table | None:
         rows.append([f"{score.metric}{on}{unit}", fmt(score.fp32, 4), fmt(score.int8, 4), fmt(change, 4)])
     if acc.fp32_top1 is not None:
         rows.append(["top-1 %", fmt(acc.fp32_top1), fmt(acc.int8_top1), fmt(_diff(acc.int8_top1, acc.fp32_top1))])
-        rows.append(["top-5 %", fmt(acc.fp32_top5), fmt(acc.int8_top5), fmt(_diff(acc.int8_top5, acc.fp32_top5))])
+        if acc.fp32_top5 is not None:
+            rows.append(["top-5 %", fmt(acc.fp32_top5), fmt(acc.int8_top5), fmt(_diff(acc.int8_top5, acc.fp32_top5))])
     if acc.top1_agreement is not None:
         rows.append(["top-1 agreement %", "100.00", fmt(acc.top1_agreement), "-"])
     several = len(acc.outputs) > 1

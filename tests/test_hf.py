@@ -195,3 +195,48 @@ def test_sharded_weights_load_like_one_file(folders, tmp_path):
     data[-1] ^= 1  # one bit of the last shard's last weight
     last.write_bytes(bytes(data))
     assert load_model(sharded).sha256 != before
+
+
+def test_a_decoder_folder_takes_its_inputs_past_the_cache_parameter(folders, tmp_path):
+    """GPT-2's forward is (input_ids, cache, attention_mask, ...): samples of input_ids and
+    attention_mask were refused ("the model takes input_ids, cache, ..."). Parameters no sample
+    gives are not inputs; its Conv1D projections are quantized and counted."""
+    from qcli.api import convert_model_file
+    from qcli.data import infer_input_spec
+    from qcli.load import load_model
+    from qcli.options import CalibrationOptions, ConvertOptions
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=1000, n_positions=32, n_embd=64, n_layer=2, n_head=4, bos_token_id=0,
+                                     eos_token_id=0)  # fmt: skip
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    loaded = load_model(tmp_path / "gpt2")
+    assert infer_input_spec(loaded.module).names[:2] == ("input_ids", "attention_mask")
+    report = convert_model_file(tmp_path / "gpt2", tmp_path / "int8.pt2", calib_dir=folders / "tokens",
+                                options=ConvertOptions(calibration=CalibrationOptions(limit=8), form="program"))  # fmt: skip
+    assert report.quantized_layers == 2 * 4 + 1  # c_attn, attn c_proj, c_fc, mlp c_proj per block; lm_head
+
+
+def test_same_padding_and_conv_subclasses_are_quantized(folders, tmp_path):
+    """transformers' EfficientNet: padding="same" convolutions (an aten.conv2d overload torchao's
+    quantizer refused with an internal ValueError) and depthwise convolutions of an nn.Conv2d
+    subclass (left FP32: the quantizer matches the class itself) are all INT8."""
+    from qcli.api import convert_model_file
+    from qcli.artifact import load_program_module
+    from qcli.options import CalibrationOptions, ConvertOptions
+
+    torch.manual_seed(0)
+    config = transformers.EfficientNetConfig(num_channels=3, image_size=32, num_labels=4, width_coefficient=0.5,
+                                             depth_coefficient=0.5, hidden_dim=640)  # fmt: skip
+    model = transformers.EfficientNetForImageClassification(config).eval()
+    for module in model.modules():  # torch's initialisation: transformers' gives all-zero logits here
+        if module is not model and callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+    model.save_pretrained(tmp_path / "effnet")
+    report = convert_model_file(tmp_path / "effnet", tmp_path / "int8.pt2", calib_dir=folders / "images",
+                                options=ConvertOptions(calibration=CalibrationOptions(limit=16), form="program"))  # fmt: skip
+    assert report.quantized_layers == len(report.layers) == 52
+    x = torch.load(next((folders / "images").iterdir()))[:4]
+    with torch.no_grad():
+        want, got = model(pixel_values=x).logits, load_program_module(tmp_path / "int8.pt2")(x)["logits"]
+    assert float(metrics.cosine_per_sample(want, got).min()) > 0.99

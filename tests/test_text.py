@@ -124,6 +124,12 @@ def test_trained_text_classifier_keeps_its_accuracy(tmp_path, mode):
     assert accuracy.fp32_top1 == pytest.approx(reference_top1(), abs=1e-9)
     assert accuracy.fp32_top1 - accuracy.int8_top1 <= 1.0
     assert accuracy.score is not None and accuracy.score.metric == "top1"
+    assert accuracy.fp32_top5 is None  # top-5 of four classes is 100% whatever the model does
+    from qcli.errors import OptionError
+    from qcli.options import JudgeOptions
+
+    with pytest.raises(OptionError, match="top5 on output 'logits' of 4 classes is always 100%"):
+        evaluate(loaded.module, load_program_module(out), folder, BERT_INPUTS, judge=JudgeOptions(metric="top5"))
 
 
 def test_cli_text_package_bench_tokenizes_as_calibrated(tmp_path):
