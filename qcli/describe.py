@@ -120,7 +120,13 @@ def describe_artifact(path: Path) -> InspectArtifactReport:
             "root": calibration.get("root"),
             "stats_sha256": calibration.get("stats_sha256"),
         },
-        compiled_for={"cpu_capability": meta.get("cpu_capability"), "isa": meta.get("compiled_isa")}
+        compiled_for={
+            "cpu_capability": meta.get("cpu_capability"),
+            "isa": meta.get("compiled_isa"),
+            "shapes": [f"{s['batch']}x{s['length']}" for s in meta["package_shapes"]]
+            if meta.get("package_shapes")
+            else [str(b) for b in sorted(int(b) for b in meta["package_models"])],
+        }
         if meta["form"] == "package"
         else None,
         layers=layers,

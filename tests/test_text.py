@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_qcli
+from test_ux import validate
 
 from qcli.config import PreprocessConfig
 from qcli.data import InputSpec, SampleFolder
@@ -138,6 +139,10 @@ def test_cli_text_package_bench_tokenizes_as_calibrated(tmp_path):
     out = tmp_path / "int8.pt2"
     proc = run_qcli("convert", MODEL, "--calib-dir", CALIB, "-o", out, "--package-batch-sizes", "1,8")
     assert proc.returncode == 0, proc.stderr
+    proc = run_qcli("inspect", out, "--format", "json")
+    shown = json.loads(proc.stdout)
+    validate(shown)
+    assert shown["compiled_for"]["shapes"] == ["1x64", "8x64"]  # the longest calibration length
     proc = run_qcli("bench", MODEL, out, "--eval-dir", EVAL, "--eval-limit", "120", "--batch-sizes", "1",
                     "--max-drop", "1", "--time-budget", "2", "--inconclusive", "pass", "--format", "json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr

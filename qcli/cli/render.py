@@ -141,6 +141,10 @@ def artifact_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
         summary.append(
             ["compiled for", f"{report['compiled_for']['isa']} ({report['compiled_for']['cpu_capability']})"]
         )
+        shapes = report["compiled_for"].get("shapes") or []
+        if shapes:
+            what = "batch x length" if "x" in shapes[0] else "batch sizes"
+            summary.append([f"compiled shapes ({what})", ", ".join(shapes)])
     layers = [
         [
             la["name"],
