@@ -211,12 +211,10 @@ def convert_model_file(
     _check_convert_outputs(out, options, saved_config, force, stats, calib_dir)
     use_threads(options.threads)  # oneDNN packs weights for the thread count it compiles with
     loaded = load_model(model, arch, trust_model, task)
+    from qcli.convert import fixed_sizes_refusal, resolve_excludes
+
     if options.package_shapes and not infer_input_spec(loaded.module).sequence:
-        raise OptionError(
-            "{package_shapes} is for models whose inputs have a sequence dimension; this model's inputs have "
-            "fixed sizes: use {package_batch_sizes}"
-        )
-    from qcli.convert import resolve_excludes
+        raise fixed_sizes_refusal()  # before calibrating (convert checks the exported inputs too)
 
     excluded = resolve_excludes(loaded.module, options.exclude)
     if options.search is not None:  # a judge that cannot work fails now, not after calibrating
@@ -628,12 +626,14 @@ def preprocess_warning(recorded: Any, recipe: Recipe, folder: SampleFolder, wher
         return None
     before = {**PreprocessConfig().to_dict(), **before}  # keys added since: their defaults
     now = recipe.preprocess.to_dict()
-    keys = {"max_length", "lengths"} if texts else set(before) | set(now)
-    keys -= {"tokenizer", "max_length", "lengths"} if not texts else set()
-    for side in (before, now):  # unset text settings mean their defaults
-        lengths = side.get("lengths")
-        side["lengths"] = list(padding_lengths(side.get("max_length"), tuple(lengths) if lengths else None))
-        side["max_length"] = longest(side.get("max_length"), tuple(side["lengths"]))
+    if texts:
+        keys = {"max_length", "lengths"}
+        for side in (before, now):  # unset text settings mean their defaults
+            lengths = side.get("lengths")
+            side["lengths"] = list(padding_lengths(side.get("max_length"), tuple(lengths) if lengths else None))
+            side["max_length"] = longest(side.get("max_length"), tuple(side["lengths"]))
+    else:
+        keys = (set(before) | set(now)) - {"tokenizer", "max_length", "lengths"}
     changed = sorted(k for k in keys if before.get(k) != now.get(k))
     if "auto" in (before.get("channels"), now.get("channels")):  # auto follows the model: may match
         changed = [k for k in changed if k != "channels"]

@@ -78,6 +78,11 @@ def package_names(shapes: list[Shape]) -> dict[Shape, str]:
     }
 
 
+def has_seq(spec: dict[str, Any]) -> bool:
+    """Whether an input (an item of the metadata's ``inputs``) has a ``seq`` dimension."""
+    return (spec.get("shape") or [])[1:2] == ["seq"]
+
+
 def at_length(example: tuple[Tensor, ...], specs: list[dict[str, Any]], length: int) -> tuple[Tensor, ...]:
     """The inputs with their sequence dimension (``seq`` in ``specs``) cut or padded to ``length``,
     padded with each input's recorded ``pad`` value (0 when it records none)."""
@@ -85,8 +90,7 @@ def at_length(example: tuple[Tensor, ...], specs: list[dict[str, Any]], length: 
 
     out = []
     for t, spec in zip(example, specs + [{}] * (len(example) - len(specs)), strict=True):
-        shape = spec.get("shape") or []
-        if len(shape) < 2 or shape[1] != "seq" or t.shape[1] == length:
+        if not has_seq(spec) or t.shape[1] == length:
             out.append(t)
         elif t.shape[1] > length:
             out.append(t[:, :length].contiguous())
@@ -441,18 +445,24 @@ class PackageRunner:
         self.path, self.meta, self.runners = path, meta, runners
         self.specs = list(meta.get("inputs") or [])
         self.lengths = sorted({n for _, n in runners if n is not None})
-        self.pads = bool(self.specs) and all("pad" in s for s in self.specs if s.get("shape", [None])[1:2] == ["seq"])
+        self.pads = bool(self.specs) and all("pad" in s for s in self.specs if has_seq(s))
         # outputs with a dimension of the sequence's length: index → dimensions
         self.token_outputs = {int(k): list(v) for k, v in (meta.get("token_outputs") or {}).items()}
 
-    def length_for(self, inputs: tuple[Tensor, ...]) -> int | None:
-        """The compiled length to run ``inputs`` at (None for a package without lengths)."""
-        if not self.lengths:
-            return None
-        seq = [t.shape[1] for t, s in zip(inputs, self.specs, strict=False) if s.get("shape", [None])[1:2] == ["seq"]]
+    def sequence_length(self, inputs: tuple[Tensor, ...]) -> int | None:
+        """The inputs' common sequence length (None when no input has a ``seq`` dimension)."""
+        seq = [int(t.shape[1]) for t, s in zip(inputs, self.specs, strict=False) if has_seq(s)]
         if len(set(seq)) > 1:
             raise ArtifactError(f"artifact '{self.path}': inputs have different sequence lengths {seq}", path=self.path)
-        n = int(seq[0]) if seq else self.lengths[-1]
+        return seq[0] if seq else None
+
+    def length_for(self, inputs: tuple[Tensor, ...], n: int | None = None) -> int | None:
+        """The compiled length to run ``inputs`` (of sequence length ``n``, found when not given)
+        at; None for a package without lengths."""
+        if not self.lengths:
+            return None
+        n = n if n is not None else self.sequence_length(inputs)
+        n = n if n is not None else self.lengths[-1]
         fits = [length for length in self.lengths if length >= n] if self.pads else [n] * (n in self.lengths)
         if not fits:
             compiled = ", ".join(map(str, self.lengths))
@@ -465,15 +475,9 @@ class PackageRunner:
         return fits[0]
 
     def __call__(self, *inputs: Any) -> Any:
-        length = self.length_for(inputs)
-        n = next(
-            (
-                int(t.shape[1])
-                for t, s in zip(inputs, self.specs, strict=False)
-                if s.get("shape", [None])[1:2] == ["seq"]
-            ),
-            length,
-        )
+        n = self.sequence_length(inputs) if self.lengths else None
+        length = self.length_for(inputs, n)
+        n = n if n is not None else length
         if length is not None and length != n:
             inputs = at_length(tuple(inputs), self.specs, length)
         out = self.run_batches({b: r for (b, m), r in self.runners.items() if m == length}, inputs)

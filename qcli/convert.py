@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from qcli import engine, graph, hardware, private, ranges
 from qcli import layers as layer_report
+from qcli.artifact import has_seq
 from qcli.calibrate import Prepared
 from qcli.errors import OptionError, UnsupportedModel
 from qcli.load import LoadedModel
@@ -293,9 +294,9 @@ def input_specs(program: Any, prepared: Prepared, pad: int = 0) -> list[dict[str
             dynamic = val is not None and isinstance(val.shape[i], torch.SymInt)
             shape.append("seq" if dynamic and i == 1 else int(size))
         specs.append({"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")})
-    if any(s["name"] == "attention_mask" and s["shape"][1:2] == ["seq"] for s in specs):
+    if any(s["name"] == "attention_mask" and has_seq(s) for s in specs):
         for s in specs:
-            if s["shape"][1:2] == ["seq"]:
+            if has_seq(s):
                 s["pad"] = pad if s["name"] == "input_ids" else 0
     return specs
 
@@ -419,17 +420,20 @@ def artifact_metadata(
     }
 
 
+def fixed_sizes_refusal() -> OptionError:
+    return OptionError(
+        "{package_shapes} is for models whose inputs have a sequence dimension; this model's inputs have "
+        "fixed sizes: use {package_batch_sizes}"
+    )
+
+
 def package_shapes(options: ConvertOptions, metadata: dict[str, Any], example: tuple[Tensor, ...]) -> list[Any]:
     """What the package is compiled for: batch sizes, or for a model whose inputs have a ``seq``
     dimension, (batch, length) shapes (``--package-shapes``, else each batch size at the longest
     length seen in calibration)."""
-    sequence = any(s["shape"][1:2] == ["seq"] for s in metadata.get("inputs") or [])
-    if not sequence:
+    if not any(has_seq(s) for s in metadata.get("inputs") or []):
         if options.package_shapes:
-            raise OptionError(
-                "{package_shapes} is for models whose inputs have a sequence dimension; this model's inputs have "
-                "fixed sizes: use {package_batch_sizes}"
-            )
+            raise fixed_sizes_refusal()
         return list(options.package_batch_sizes)
     if options.package_shapes:
         return list(options.package_shapes)

@@ -477,15 +477,16 @@ def _result(
     summary = chosen or min(outputs, key=lambda o: o.sqnr_db)
     with_classes = chosen is not None and chosen.top1_agreement is not None
     top = with_classes and folder.labeled and chosen is not None and len(folder.classes or ()) <= chosen.shape[0]
+    # top-5 of five classes or fewer is 100% whatever the model does: not a figure to show
+    top5 = top and chosen is not None and chosen.shape[0] > 5
     score = _score(plan, scorer, summary, chosen, spearman)
     accuracy = Accuracy(
         samples=scorer.n,
         labeled=folder.labeled,
         fp32_top1=scorer.hit_rate("fp32_1") if top else None,
         int8_top1=scorer.hit_rate("int8_1") if top else None,
-        # top-5 of five classes or fewer is 100% whatever the model does: not a figure to show
-        fp32_top5=scorer.hit_rate("fp32_5") if top and chosen is not None and chosen.shape[0] > 5 else None,
-        int8_top5=scorer.hit_rate("int8_5") if top and chosen is not None and chosen.shape[0] > 5 else None,
+        fp32_top5=scorer.hit_rate("fp32_5") if top5 else None,
+        int8_top5=scorer.hit_rate("int8_5") if top5 else None,
         top1_agreement=chosen.top1_agreement if chosen is not None else None,
         sqnr_db=summary.sqnr_db,
         cosine=summary.cosine,

@@ -275,17 +275,9 @@ def explicit_conv_padding(gm: GraphModule) -> int:
     aten = torch.ops.aten
     changed = 0
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target in (aten.conv2d.default, aten.conv2d.padding):
-            owner = list((node.meta.get("nn_module_stack") or {}).values())[-1:]
-            kind = owner[0][1] if owner else None
-            name = (
-                kind
-                if isinstance(kind, str)
-                else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', '')}"
-            )
-            if kind is not None and name != "torch.nn.modules.conv.Conv2d" and name.endswith("Conv2d"):
-                # a subclass (EfficientNetDepthwiseConv2d): the quantizer matches nn.Conv2d itself
-                node.meta["source_fn_stack"] = [(node.name, torch.nn.functional.conv2d)]
+        conv = node.op == "call_function" and node.target in (aten.conv2d.default, aten.conv2d.padding)
+        if conv and _in_conv2d_subclass(node):  # EfficientNetDepthwiseConv2d: the quantizer matches nn.Conv2d
+            node.meta["source_fn_stack"] = [(node.name, torch.nn.functional.conv2d)]
         if node.op != "call_function" or node.target != aten.conv2d.padding:
             continue
         args = list(node.args) + [None] * (7 - len(node.args))
@@ -294,7 +286,7 @@ def explicit_conv_padding(gm: GraphModule) -> int:
         groups = 1 if groups is None else groups
         val = getattr(weight, "meta", {}).get("val")
         if not isinstance(val, torch.Tensor) and getattr(weight, "op", None) == "get_attr":
-            val = _attr(gm, weight.target)
+            val = get_attr(gm, str(weight.target))
         if padding in (None, "valid"):  # the overload's default is "valid"
             pads = [0, 0]
         elif padding == "same" and isinstance(val, torch.Tensor):
@@ -313,11 +305,15 @@ def explicit_conv_padding(gm: GraphModule) -> int:
     return changed
 
 
-def _attr(gm: GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part, None)
-    return obj
+def _in_conv2d_subclass(node: Any) -> bool:
+    """Whether the node's own module (``nn_module_stack``, a class or its dotted name) is a
+    subclass of ``nn.Conv2d`` rather than ``nn.Conv2d`` itself."""
+    owner = list((node.meta.get("nn_module_stack") or {}).values())[-1:]
+    if not owner:
+        return False
+    kind = owner[0][1]
+    name = kind if isinstance(kind, str) else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', '')}"
+    return name != "torch.nn.modules.conv.Conv2d" and name.endswith("Conv2d")
 
 
 def linears_in_other_clothes(gm: GraphModule) -> int:

@@ -301,6 +301,11 @@ def judged_by(*flags: str, classes: int = 10) -> Callable[[Path], list[str]]:
     return setup
 
 
+def converted(*flags: str, out: str = "int8.pt2") -> Callable[[Path], list[str]]:
+    """``convert`` of the demo state dict from the calibration folder, with ``flags``."""
+    return lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", out, *flags]
+
+
 def recipe(text: str) -> Callable[[Path], list[str]]:
     def setup(d: Path) -> list[str]:
         (d / "recipe.toml").write_text(text)
@@ -357,16 +362,16 @@ CASES: list[Case] = [
     ),  # fmt: skip
     Case(
         "--package-shapes for a model of fixed sizes",
-        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "x.pt2", "--package-shapes", "1x128"],
+        converted("--package-shapes", "1x128", out="x.pt2"),
         1,
         "is for models whose inputs have a sequence dimension",
-    ),
+    ),  # fmt: skip
     Case(
         "--package-shapes that is not BATCHxLENGTH",
-        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "x.pt2", "--package-shapes", "16"],
+        converted("--package-shapes", "16", out="x.pt2"),
         2,
         "is not BATCHxLENGTH",
-    ),
+    ),  # fmt: skip
     Case(
         "files that hold zero samples",
         files_in_calib(lambda s: np.save(s / "x.npy", np.zeros((0, 1, 28, 28), np.float32))),
@@ -401,21 +406,11 @@ CASES: list[Case] = [
     ),
     Case("TorchScript with a non-tensor argument", scripted_model("ScaledConvNet"), 1, "non-tensor argument"),
     Case("INT8 artifact given as the FP32 model", int8_as_model, 1, "qcli INT8 artifact"),
-    Case(
-        "--exclude that matches no layer",
-        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--exclude", "stm.*"],
-        1,
-        "matches no module",
-    ),
-    Case(
-        "--method that does not exist",
-        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--method", "magic"],
-        2,
-        "'magic' is not one of",
-    ),
+    Case("--exclude that matches no layer", converted("--exclude", "stm.*"), 1, "matches no module"),
+    Case("--method that does not exist", converted("--method", "magic"), 2, "'magic' is not one of"),
     Case(
         "asymmetric weights asked for",
-        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--weights", "asymmetric"],
+        converted("--weights", "asymmetric"),
         1,
         "symmetric weights",
     ),
@@ -456,7 +451,7 @@ CASES: list[Case] = [
     Case("--metric function that does not import", judged_by("--metric", "nomodule:score"), 1, "cannot import"),
     Case(
         "--metric without --max-drop on convert",
-        lambda d: ["convert", weights(d), *ARCH, "--calib-dir", calib(d), "-o", "int8.pt2", "--metric", "auc"],
+        converted("--metric", "auc"),
         1,
         "choose what the --max-drop search judges",
     ),
