@@ -452,6 +452,7 @@ def _convert_config(source: Calibrated, options: ConvertOptions) -> dict[str, An
         "weights": options.weights,
         "form": options.form,
         "package_batch_sizes": list(options.package_batch_sizes),
+        "package_weights": options.package_weights,
         "threads": options.threads,
     }
 

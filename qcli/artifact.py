@@ -3,8 +3,9 @@
 - ``package``: an AOTInductor package (``.pt2``), compiled ahead of time under ``torch.no_grad()``
   with weight freezing (without no_grad it runs at FP32 speed), one compiled model per batch size.
   Loads with ``torch._inductor.aoti_load_package`` (the first batch size) or
-  ``torch._inductor.package.load_package(path, "batch16")`` and runs at once; it is tied to the CPU
-  ISA it was built for.
+  ``torch._inductor.package.load_package(path, "batch16")`` (a model with its own weights; one that
+  reads the default model's, ``SharedWeights``, only through ``load_artifact``) and runs at once;
+  it is tied to the CPU ISA it was built for.
 - ``program``: a portable exported program (``torch.export.save``). Loads with
   ``torch.export.load`` after ``import torch.ao.quantization.fx._decomposed``; ``torch.compile``
   with ``torch._inductor.config.freezing = True`` then gives INT8 speed.
@@ -106,6 +107,7 @@ def write_package(
     path: Path,
     metadata: dict[str, Any],
     shapes: list[int] | list[Shape],
+    share_weights: bool = True,
 ) -> None:
     """AOT-compile ``graph`` once per shape (frozen weights, no autograd) into one package.
 
@@ -114,6 +116,12 @@ def write_package(
     AOTInductor package of a quantized program with a dynamic batch dimension *and* weight
     freezing computes wrong results (top-1 agreement 0 on the demo), while without freezing it
     runs at FP32 speed. The first shape is the package's default model (``package_names``).
+
+    With ``share_weights``, a model whose constants are the default model's, byte for byte (packed
+    oneDNN weights included), is compiled without them and stored under ``data/qcli/`` with the
+    map qcli's loader uses to hand it the default model's (``SharedWeights``). A graph with
+    convolutions is not tried: oneDNN packs convolution weights per input shape (MobileNetV2: 14 of
+    its packed weights differ between batch 1 and 4), and a check that failed would cost a compile.
     """
     import torch
 
@@ -141,24 +149,137 @@ def write_package(
         meta["package_shapes"] = [{"name": name, "batch": b, "length": n} for (b, n), name in names.items()]
     else:  # each model is compiled for the example's shape: a sequence dimension is fixed to its length
         meta["inputs"] = [{**item, "shape": ["batch", *t.shape[1:]]} for item, t in zip(specs, example, strict=False)]
+    options = {
+        "aot_inductor.package": True,
+        "freezing": True,
+        "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
+    }
+    share_weights = share_weights and len(names) > 1 and not graph_helpers.has_conv(graph)
     files: dict[str, Any] = {}
-    with atomic_output(path) as tmp, torch.no_grad(), engine.quiet():
+    shared: dict[str, SharedWeights] = {}
+    default: dict[str, Any] = {}
+    with (
+        atomic_output(path) as tmp,
+        torch.no_grad(),
+        engine.quiet(),
+        private.captured_aot_constants() as compiled,
+    ):
         for (b, n), name in names.items():
             args = engine.first_row_repeated(at_length(example, specs, n) if n is not None else example, b)
             program = torch.export.export(graph, args)
             module = program.module()
             graph_helpers.strip_shape_asserts(module)
-            files[name] = private.aot_compile(
-                module,
-                args,
-                {
-                    "aot_inductor.package": True,
-                    "freezing": True,
-                    "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
-                },
-            )
-        private.package_aoti(str(tmp), files)
+            if default and share_weights:
+                files[name] = private.aot_compile(
+                    module, args, {**options, "aot_inductor.package_constants_in_so": False}
+                )
+                plan = SharedWeights.plan(default, compiled)
+                if plan is not None:
+                    shared[name] = plan
+                    continue
+                log.debug("package model %s: packed weights differ from the default model's; it keeps its own", name)
+            files[name] = private.aot_compile(module, args, options)
+            default = default or dict(compiled)
+        private.package_aoti(str(tmp), {name: f for name, f in files.items() if name not in shared})
+        if shared:
+            SharedWeights.add(tmp, {name: (files[name], plan) for name, plan in shared.items()})
         fix_serialization_id(tmp)
+
+
+SHARED_DIR = "data/qcli"  # models without their own weights; torch's loaders do not look here
+SHARED_MAP = "shared_weights.json"  # internal constant name -> the default model's name for it
+SHARED_STORED = "constants.safetensors"  # the few small constants the default model names ambiguously
+
+
+def shared_models(path: Path) -> list[str]:
+    """The package's models stored without weights (``SharedWeights``), in archive order."""
+    with zipfile.ZipFile(path) as zf:
+        return [n.split("/")[-2] for n in zf.namelist() if n.endswith(f"/{SHARED_DIR}/{n.split('/')[-2]}/{SHARED_MAP}")]
+
+
+@dataclass
+class SharedWeights:
+    """How a package model compiled without weights gets them: ``names`` maps each of its
+    constants to the name the default model's runner gives the same tensor; ``stored`` holds the
+    plain tensors that are its own (position embeddings folded at its sequence length) or that
+    the name does not identify (the default model reports several scalar scales under one
+    original name, e.g. 14 ``x_scale``), kept in the package."""
+
+    names: dict[str, str]
+    stored: dict[str, Tensor]
+
+    @classmethod
+    def plan(cls, default: dict[str, Any], own: dict[str, Any]) -> SharedWeights | None:
+        """The plan for a model whose compile recorded ``own`` (``private.captured_aot_constants``),
+        or None unless every constant equals the default model's, bytes, layout and strides."""
+        import collections
+
+        import torch
+
+        base, mine = default["constants"], own["constants"]
+        if set(base) != set(mine) or default["fqns"] != own["fqns"]:
+            return None
+        uses = collections.Counter(default["fqns"].values())
+        names, stored = {}, {}
+        for name, t in mine.items():
+            b = base[name]
+            if t.layout == torch.strided:
+                same = (b.layout, b.dtype, b.shape, b.stride()) == (t.layout, t.dtype, t.shape, t.stride())
+                same = same and torch.equal(b, t)
+            else:
+                same = (b.layout, b.dtype, b.shape) == (t.layout, t.dtype, t.shape)
+                same = same and private.mkldnn_bytes(b) == private.mkldnn_bytes(t)
+            if same and uses[default["fqns"][name]] == 1:
+                names[name] = default["fqns"][name]
+            elif t.layout == torch.strided and t.is_contiguous():  # e.g. position embeddings cut to the length
+                stored[name] = t.detach().clone()
+            else:  # a packed weight of its own
+                return None
+        return cls(names, stored)
+
+    @staticmethod
+    def add(path: Path, models: dict[str, tuple[list[Any], SharedWeights]]) -> None:
+        """Append the weightless models to the package written at ``path``."""
+        from safetensors.torch import save
+
+        with zipfile.ZipFile(path, "a") as zf:
+            root = zf.namelist()[0].split("/")[0]
+
+            def put(name: str, data: bytes) -> None:  # dated like torch's records: the same bytes every time
+                zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+            for name, (files, plan) in models.items():
+                folder = f"{root}/{SHARED_DIR}/{name}"
+                for file in files:
+                    if isinstance(file, str) and file:
+                        put(f"{folder}/{os.path.basename(file)}", Path(file).read_bytes())
+                put(f"{folder}/{SHARED_MAP}", json.dumps(plan.names, sort_keys=True).encode())
+                if plan.stored:
+                    put(f"{folder}/{SHARED_STORED}", save(plan.stored))
+
+    @classmethod
+    def read(cls, folder: Path) -> SharedWeights | None:
+        """The plan extracted into ``folder``, or None for a model with its own weights."""
+        from safetensors.torch import load_file
+
+        names = next(folder.rglob(SHARED_MAP), None)
+        if names is None:
+            return None
+        stored = next(folder.rglob(SHARED_STORED), None)
+        return cls(json.loads(names.read_text(encoding="utf-8")), load_file(stored) if stored else {})
+
+    def give(self, runner: Any, default: Any) -> dict[str, Any]:
+        """Hand ``runner`` the default model's tensors (no copy) and the stored ones; returns them
+        (the runner does not own them: keep them alive)."""
+        constants = default.extract_constants_map(False)
+        given = {name: constants[fqn] for name, fqn in self.names.items() if fqn in constants}
+        given.update(self.stored)
+        # the runner only warns about a missing buffer-like constant, and would run without it
+        missing = sorted(set(runner.get_constant_names_to_original_fqns()) - set(given))
+        if missing:
+            raise RuntimeError(f"no weight for {', '.join(missing[:3])}")
+        runner.update_constant_buffer(given, False, True, True)  # active buffer, every constant, user-managed
+        return given
 
 
 def write_program(program: Any, path: Path, metadata: dict[str, Any]) -> None:
@@ -359,7 +480,7 @@ def _safe_cast(have: Any, want: Any) -> bool:
     return torch.iinfo(want).min <= torch.iinfo(have).min and torch.iinfo(have).max <= torch.iinfo(want).max
 
 
-def package_runner(path: Path, name: str) -> Any:
+def package_runner(path: Path, name: str, default: Any = None) -> Any:
     """One compiled model of a package, callable with the model's inputs.
 
     ``torch._inductor.package.load_package`` imports Inductor (1.8 s here) and loads every model of
@@ -368,24 +489,46 @@ def package_runner(path: Path, name: str) -> Any:
     after the call instead of 4 s.
 
     It also moves the pre-packed oneDNN weights to 64-byte-aligned memory (``realign_weights``).
+    A model stored without weights (``SharedWeights``) is given the default model's: ``default``
+    is that model's ``package_runner`` when the caller has it, else it is loaded here.
     """
     runner_class = private.aoti_runner_class()
-    if runner_class is None:  # another torch build: the public, slower way
-        return private.load_package(str(path), name)
     with tempfile.TemporaryDirectory(prefix="qcli-package-") as tmp:
         with zipfile.ZipFile(path) as zf:
-            zf.extractall(tmp, [n for n in zf.namelist() if f"/data/aotinductor/{name}/" in n])
+            folders = (f"/data/aotinductor/{name}/", f"/{SHARED_DIR}/{name}/")
+            zf.extractall(tmp, [n for n in zf.namelist() if any(f in n for f in folders)])
         library = next(Path(tmp).rglob("*.so"), None)
         if library is None:
             raise ArtifactError(f"artifact '{path}' has no compiled model '{name}'; convert the model again", path=path)
+        shared = SharedWeights.read(Path(tmp))
+        if runner_class is None:  # another torch build: the public, slower way
+            if shared is not None:
+                raise ArtifactError(
+                    f"artifact '{path}': model '{name}' shares the default model's weights, which needs torch's "
+                    "AOTInductor model runner; convert with --package-weights copies",
+                    path=path,
+                )
+            return private.load_package(str(path), name)
         runner = runner_class(str(library), 1)  # loads the library and reads its files now
-    weights = realign_weights(runner)
+    if shared is None:
+        weights = realign_weights(runner)
+    else:
+        default = default if default is not None else package_runner(path, package_model_name(0, True))
+        try:
+            weights = {"default": default, **shared.give(runner, default.runner)}
+        except (KeyError, RuntimeError) as exc:
+            raise ArtifactError(
+                f"artifact '{path}' is damaged (model '{name}' does not match the default model's weights: "
+                f"{first_line(exc)}); convert the model again",
+                path=path,
+            ) from None
 
     def run(*inputs: Any) -> Any:
         outputs = runner.run(list(inputs))
         return outputs[0] if len(outputs) == 1 else outputs
 
     run.weights = weights  # type: ignore[attr-defined]  # the runner uses them: keep them alive
+    run.runner = runner  # type: ignore[attr-defined]  # a shared model reads the weights from it
     return run
 
 
@@ -549,7 +692,12 @@ def load_artifact(
                 shapes = {(int(s["batch"]), int(s["length"])): s["name"] for s in meta["package_shapes"]}
             else:
                 shapes = {(int(b), None): name for b, name in meta["package_models"].items()}
-            runners = {shape: package_runner(path, name) for shape, name in shapes.items()}
+            default_name = package_model_name(0, True)
+            default = package_runner(path, default_name)
+            runners = {
+                shape: default if name == default_name else package_runner(path, name, default)
+                for shape, name in shapes.items()
+            }
         return Artifact(path, meta, PackageRunner(path, meta, runners))
     from qcli.scan import check_archive
 

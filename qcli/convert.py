@@ -456,7 +456,7 @@ def write_forms(
 
     sizes = package_shapes(options, metadata, example) if options.form != "program" else []
     if options.form == "package":
-        write_package(final, example, out, metadata, sizes)
+        write_package(final, example, out, metadata, sizes, options.package_weights == "shared")
         return {"package": str(out)}
     if options.form == "program":
         write_program(program, out, metadata)
@@ -466,7 +466,7 @@ def write_forms(
     try:
         with atomic_output(target) as tmp_program:
             write_program(program, tmp_program, metadata)
-            write_package(final, example, out, metadata, sizes)
+            write_package(final, example, out, metadata, sizes, options.package_weights == "shared")
             package_written = True
     except BaseException:
         if package_written:

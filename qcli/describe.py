@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from qcli import hardware
-from qcli.artifact import read_metadata
+from qcli.artifact import read_metadata, shared_models
 from qcli.convert import LayerQuant
 from qcli.data import infer_input_spec
 from qcli.files import sha256_file
@@ -126,6 +126,7 @@ def describe_artifact(path: Path) -> InspectArtifactReport:
             "shapes": [f"{s['batch']}x{s['length']}" for s in meta["package_shapes"]]
             if meta.get("package_shapes")
             else [str(b) for b in sorted(int(b) for b in meta["package_models"])],
+            "shared_weights": shared_models(path),
         }
         if meta["form"] == "package"
         else None,

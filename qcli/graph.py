@@ -196,6 +196,11 @@ def drop_provenance(program: ExportedProgram) -> None:
             node.meta.pop("from_node", None)
 
 
+def has_conv(gm: GraphModule) -> bool:
+    """Whether the graph calls a convolution (oneDNN packs its INT8 weights per input shape)."""
+    return any(node.op == "call_function" and "conv" in str(node.target) for node in gm.graph.nodes)
+
+
 def strip_shape_asserts(gm: GraphModule) -> None:
     """Drop ``aten._assert_tensor_metadata`` checks that ``torch.export`` puts after dtype casts.
 

@@ -24,6 +24,7 @@ AUTO_METHOD = "auto"
 METHODS = (DEFAULT_METHOD, *RANGE_METHODS, AUTO_METHOD)
 WEIGHTS = ("per-channel", "per-tensor")
 FORMS = ("package", "program", "both")
+PACKAGE_WEIGHTS = ("shared", "copies")
 DEFAULT_BATCH_SIZES = (1, 16)
 INCONCLUSIVE = ("error", "pass", "fail")
 # what --max-drop gates on (qcli.evaluate); "module:function" names the user's own
@@ -175,6 +176,9 @@ class ConvertOptions:
     # a sequence model's package: (batch size, length) of each compiled model; () gives every
     # package batch size at the longest calibration length
     package_shapes: tuple[tuple[int, int], ...] = ()
+    # "shared": a package's models use the default model's weights where their packed weights are
+    # identical (one copy); "copies": each model carries its own, as torch's load_package needs
+    package_weights: str = "shared"
     threads: int | None = None  # torch threads while compiling the package
     search: SearchOptions | None = None
     input_shape: tuple[InputShape, ...] = ()  # dynamic/weight-only without samples: the inputs' shapes
@@ -192,6 +196,7 @@ class ConvertOptions:
             "; asymmetric INT8 weights are rejected by the X86 quantizer, whose kernels take symmetric weights",
         )
         _one_of("form", self.form, FORMS)
+        _one_of("package_weights", self.package_weights, PACKAGE_WEIGHTS)
         _sizes("package_batch_sizes", self.package_batch_sizes)
         _positive("threads", self.threads)
         shapes = tuple(dict.fromkeys(tuple(shape) for shape in self.package_shapes))

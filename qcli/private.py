@@ -10,7 +10,8 @@ Nothing is imported at module level: the CLI imports this module and must not im
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -42,6 +43,44 @@ def package_aoti(path: str, files: dict[str, Any]) -> None:
     from torch._inductor import package
 
     package.package_aoti(path, files)  # type: ignore[attr-defined]  # not in its __all__
+
+
+@contextlib.contextmanager
+def captured_aot_constants() -> Iterator[dict[str, Any]]:
+    """While open, each AOT compile records its constants in the yielded dict: ``constants``
+    (internal name -> tensor, oneDNN-packed weights included, runtime-folded ones excluded) and
+    ``fqns`` (internal name -> the original name the runner reports).
+
+    Wraps ``torch._inductor.codecache.AotCodeCompiler.compile``, which receives the lowered graph.
+    Its own ``pickle_weights`` export of these tensors fails on oneDNN-packed weights
+    (``Cannot access storage of OpaqueTensorImpl``).
+    """
+    from torch._inductor import codecache
+
+    compiler = codecache.AotCodeCompiler
+    original = compiler.__dict__["compile"]
+    record: dict[str, Any] = {}
+
+    def compile(cls: Any, graph: Any, *args: Any, **kwargs: Any) -> Any:
+        names = [n for n in graph.constants if n not in graph.folded_constants]
+        record["constants"] = {n: graph.constants[n] for n in names}
+        record["fqns"] = {n: graph.allocated_constant_name.get(n, n) for n in names}
+        return original.__func__(cls, graph, *args, **kwargs)
+
+    compiler.compile = classmethod(compile)  # type: ignore[method-assign,assignment]
+    try:
+        yield record
+    finally:
+        compiler.compile = original  # type: ignore[method-assign]
+
+
+def mkldnn_bytes(t: Any) -> bytes:
+    """The bytes of a oneDNN-packed tensor (``torch.ops.mkldnn.data_ptr``/``_nbytes``)."""
+    import ctypes
+
+    import torch
+
+    return ctypes.string_at(torch.ops.mkldnn.data_ptr(t), torch.ops.mkldnn._nbytes(t))
 
 
 def inductor_config() -> Any:
@@ -131,6 +170,12 @@ def _has(owner: Callable[[], Any], *attrs: str) -> Callable[[], None]:
     return probe
 
 
+def _aot_code_compiler() -> Any:
+    from torch._inductor import codecache
+
+    return codecache.AotCodeCompiler
+
+
 def _observer_base() -> Any:
     from torchao.quantization.pt2e.observer import HistogramObserver
 
@@ -154,6 +199,8 @@ SURFACES: dict[str, Callable[[], Any]] = {
         __import__("torch._inductor.package", fromlist=["package_aoti"]).package_aoti
     ),
     "torch._inductor.config.freezing": _has(inductor_config, "freezing"),
+    "torch._inductor.codecache.AotCodeCompiler.compile": _has(_aot_code_compiler, "compile"),
+    "torch.ops.mkldnn.data_ptr / _nbytes": lambda: __import__("torch").ops.mkldnn._nbytes,
     "torch._mkldnn": mkldnn_layout,
     "torch._export.converter.TS2EPConverter": _has(ts2ep_converter, "convert"),
     "torch.ops.aten._assert_tensor_metadata": assert_tensor_metadata_op,

@@ -373,6 +373,12 @@ CASES: list[Case] = [
         "is not BATCHxLENGTH",
     ),  # fmt: skip
     Case(
+        "--package-weights that is not shared or copies",
+        converted("--package-weights", "once", out="x.pt2"),
+        1,
+        "must be one of",
+    ),  # fmt: skip
+    Case(
         "files that hold zero samples",
         files_in_calib(lambda s: np.save(s / "x.npy", np.zeros((0, 1, 28, 28), np.float32))),
         1,

@@ -194,6 +194,60 @@ def test_package_pads_to_a_compiled_length_and_cuts_token_outputs(tmp_path):
     too_long = torch.ones(1, 70, dtype=torch.int64)
     with pytest.raises(ArtifactError, match="compiled for sequence lengths 16, 64 and takes at most those; got 70"):
         artifact.run(too_long, too_long, too_long * 0)
+    check_shared_weights(out, artifact, tok, tmp_path)
+
+
+def check_shared_weights(out, artifact, tok, tmp_path):
+    """The package stores the weights once: the models after the default one are compiled without
+    them and read the default model's; the same rows agree at batch 1 and 4.
+    torch's loader runs the default model and refuses the others by name (no crash)."""
+    import json
+    import zipfile
+
+    from torch._inductor.package import load_package
+
+    from qcli.artifact import load_artifact
+    from qcli.errors import ArtifactError
+
+    with zipfile.ZipFile(out) as zf:
+        libraries = {
+            n.split("/")[-3] + "/" + n.split("/")[-2]: i.file_size
+            for i in zf.infolist()
+            if (n := i.filename).endswith(".so")
+        }
+        names = zf.namelist()
+    assert set(libraries) == {"aotinductor/model", "qcli/batch1_len64", "qcli/batch4"}
+    assert all(
+        size < 0.7 * libraries["aotinductor/model"] for key, size in libraries.items() if key.startswith("qcli/")
+    )
+    enc = tok(["one row", "another, longer row of words", "a third", "and the fourth one here"],
+              padding="max_length", max_length=64, return_tensors="pt")  # fmt: skip
+    inputs = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    together = artifact.run(*inputs)  # the batch-4 model
+    alone = [artifact.run(*(t[i : i + 1] for t in inputs)) for i in range(4)]  # the batch-1 one at 64
+    for k in range(2):  # batch 1 and 4 sum in other orders; a misplaced weight or scale is off by ~1
+        diff = (together[k] - torch.cat([a[k] for a in alone])).abs().max()
+        assert float(diff) < 1e-3
+    plain = torch._inductor.aoti_load_package(str(out))
+    short = tok(["one row"], padding="max_length", max_length=16, return_tensors="pt")
+    got = plain(short["input_ids"], short["attention_mask"], short["token_type_ids"])
+    assert torch.equal(
+        got["last_hidden_state"], artifact.run(short["input_ids"], short["attention_mask"], short["token_type_ids"])[0]
+    )
+    with pytest.raises(RuntimeError, match="batch4"):
+        load_package(str(out), "batch4")
+    # a package whose map lost a name is refused as damaged, not run with a missing weight
+    damaged = tmp_path / "damaged.pt2"
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for name in names:
+            data = src.read(name)
+            if name.endswith("qcli/batch4/shared_weights.json"):
+                mapping = json.loads(data)
+                mapping.pop(sorted(mapping)[0])
+                data = json.dumps(mapping).encode()
+            dst.writestr(name, data)
+    with pytest.raises(ArtifactError, match="is damaged .model 'batch4' does not match the default model's weights"):
+        load_artifact(damaged)
 
 
 def test_package_shapes_are_for_sequence_models(tmp_path):

@@ -144,6 +144,16 @@ PackageShapesOpt = Annotated[
     ),
 ]
 
+PackageWeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--package-weights",
+        help="shared (one copy of the weights for the package's models where they are identical; only the "
+        "default model loads with torch's load_package) or copies (each model its own, all load with torch's "
+        "load_package), e.g. --package-weights copies.",
+    ),
+]
+
 SaveConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -189,6 +199,7 @@ def convert_command(
     form: FormOpt = DEFAULT_FORM,
     package_batch_sizes: PackageBatchSizesOpt = PACKAGE_BATCH_SIZES,
     package_shapes: PackageShapesOpt = None,
+    package_weights: PackageWeightsOpt = CONVERT.package_weights,
     threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
@@ -222,6 +233,7 @@ def convert_command(
             form=form.value,
             package_batch_sizes=parse_batch_sizes(package_batch_sizes),
             package_shapes=parse_shapes(package_shapes) if package_shapes else (),
+            package_weights=package_weights,
             threads=threads,
             search=search,
             input_shape=InputShape.parse_all(input_shape) if input_shape else (),

@@ -145,6 +145,9 @@ def artifact_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
         if shapes:
             what = "batch x length" if "x" in shapes[0] else "batch sizes"
             summary.append([f"compiled shapes ({what})", ", ".join(shapes)])
+        shared = report["compiled_for"].get("shared_weights") or []
+        if shared:
+            summary.append(["weights shared", f"{', '.join(shared)} read the default model's (qcli's loader only)"])
     layers = [
         [
             la["name"],
