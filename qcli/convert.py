@@ -229,10 +229,12 @@ def _pt2e_layer(converted: GraphModule, node: Node) -> LayerQuant:
 
 
 def finalize(converted: GraphModule) -> Any:
-    """The converted graph made ready to save: FP32 leftovers pruned, inputs protected."""
+    """The converted graph made ready to save: FP32 leftovers pruned, inputs protected, views
+    that would send a fused INT8 matmul to oneDNN's reference kernel copied."""
     converted.graph.eliminate_dead_code()
     graph.prune_unused(converted)
     graph.protect_inputs(converted)
+    graph.contiguous_linear_addends(converted)
     return converted
 
 

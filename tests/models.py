@@ -232,6 +232,39 @@ def tiny_segmenter() -> TinySegmenter:
     return TinySegmenter().eval()
 
 
+class PatchMixer(nn.Module):
+    """MobileViT-shaped: a conv stem's feature map unfolded into 2x2 patches of tokens, a residual
+    MLP on the tokens, folded back, and a linear head on the pooled map. The residual add's
+    addend is a view of the channels-last conv output: the shape that sent a fused INT8 matmul to
+    oneDNN's reference kernel."""
+
+    def __init__(self, channels: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.SiLU(),
+            nn.Conv2d(32, channels, 1), nn.BatchNorm2d(channels), nn.SiLU(),
+        )  # fmt: skip
+        self.norm = nn.LayerNorm(channels)
+        self.fc1 = nn.Linear(channels, 2 * channels)
+        self.fc2 = nn.Linear(2 * channels, channels)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        b, c, hh, ww = h.shape
+        nh, nw = hh // 2, ww // 2
+        t = h.reshape(b * c * nh, 2, nw, 2).transpose(1, 2).reshape(b, c, nh * nw, 4).transpose(1, 3)
+        t = t.reshape(b * 4, nh * nw, c)
+        t = t + self.fc2(nn.functional.silu(self.fc1(self.norm(t))))
+        h = t.reshape(b, 4, nh * nw, c).transpose(1, 3).reshape(b * c * nh, nw, 2, 2).transpose(1, 2)
+        return self.head(h.reshape(b, c, hh, ww).mean((2, 3)))
+
+
+def patch_mixer() -> PatchMixer:
+    torch.manual_seed(0)
+    return PatchMixer().eval()
+
+
 class TokenEncoder(TinyEncoder):
     """TinyEncoder returning ``{"last_hidden_state": [B, T, D], "pooler_output": [B, D]}``, the
     outputs of a ``transformers`` encoder."""
