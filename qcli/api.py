@@ -725,6 +725,9 @@ def _measure(
     plan = bench.Plan(options.warmup, options.runs, options.precision, options.time_budget, options.min_speedup)
     timings = bench.benchmark(runners, example, sizes, plan)
     warnings += [t.noise.reason for t in timings if t.noise is not None and t.noise.reason][:1]
+    inputs = {bs: bench.make_inputs(example, bs) for bs in sizes}
+    slow = hardware.reference_kernel_warning(subjects.artifact.run, inputs)
+    warnings += [slow] if slow else []
     return BenchReport(
         model=ModelInfo.of(subjects.model_path, loaded),
         artifact=ArtifactInfo(str(path), meta["form"], meta.get("mode"), path.stat().st_size),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -140,3 +142,63 @@ def isa_limit_warning(meta: dict[str, Any]) -> str | None:
         "(ONEDNN_MAX_CPU_ISA): its packed weights do not fit the kernels available, which can make it hundreds "
         "of times slower; convert again under the same setting"
     )
+
+
+def onednn_log(call: Callable[[], Any]) -> str:
+    """What oneDNN reports while ``call`` runs (``torch.backends.mkldnn.verbose``): one line per
+    primitive it creates or executes, with the implementation it chose. oneDNN prints them
+    with C stdio on file descriptor 1, which is pointed at a temporary file meanwhile; "" where
+    that is not possible."""
+    import ctypes
+    import sys
+    import tempfile
+
+    import torch
+
+    try:
+        libc = ctypes.CDLL(None)
+        sys.stdout.flush()
+        with tempfile.TemporaryFile() as log:
+            saved = os.dup(1)
+            os.dup2(log.fileno(), 1)
+            try:
+                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                    call()
+            finally:
+                libc.fflush(None)
+                os.dup2(saved, 1)
+                os.close(saved)
+            log.seek(0)
+            return log.read().decode("utf-8", errors="replace")
+    except (OSError, AttributeError):
+        return ""
+
+
+def reference_kernels(log: str) -> list[str]:
+    """The executions in a oneDNN log (``onednn_log``) that ran a reference implementation
+    (``ref_int8:any``, ``ref:any``...: oneDNN's unoptimised fallbacks), as "kind shape impl"."""
+    found = []
+    for line in log.splitlines():
+        fields = line.split(",")
+        if len(fields) > 7 and fields[3] == "exec" and fields[6].startswith("ref"):
+            shape = next((f for f in reversed(fields[:-1]) if f), "")
+            found.append(f"{fields[5]} {shape} on {fields[6]}")
+    return found
+
+
+def reference_kernel_warning(run: Callable[..., Any], inputs_by_batch: dict[int, tuple[Any, ...]]) -> str | None:
+    """A warning when the INT8 model runs any oneDNN operation on a reference kernel, which is
+    many times slower than the optimised ones (a MobileViT's fused linear+add on
+    ``ref_int8:any`` made the whole model 3.6x slower than FP32): one call per batch size."""
+    import functools
+
+    for batch, inputs in inputs_by_batch.items():
+        slow = reference_kernels(onednn_log(functools.partial(run, *inputs)))
+        if slow:
+            shown = "; ".join(dict.fromkeys(slow))
+            return (
+                f"oneDNN runs {len(slow)} operation(s) of the INT8 model on its unoptimised reference kernel at batch "
+                f"{batch} ({shown}): they run many times slower than they should; the latency above includes them "
+                "(keeping those layers FP32 with --exclude avoids them)"
+            )
+    return None
