@@ -1,10 +1,12 @@
 """qcli's INT8 against the tools a user would otherwise reach for, on the same models and inputs.
 
 Run with `make bench-peers` (installs the optional `peers` extra: ONNX Runtime, onnx, onnxscript;
-none of them is needed by qcli itself). For a ResNet-18-class CNN, a MobileNetV2-class CNN and a
+none of them is needed by qcli itself). For a ResNet-18-class CNN, a MobileNetV2-class CNN, a
 6-layer transformer encoder (``qcli.demo.model``: ResNet18, MobileNetV2, TextEncoder; seeded
-initialisation, no pretrained weights may be downloaded here), it measures in one process, at
-batch 1 and 16, with 1 and 2 threads:
+initialisation, no pretrained weights may be downloaded here) and two small CNNs of the kind
+served one request at a time (the demo's trained DigitNet on its 28x28 digits; ONet48, MTCNN's
+48x48 output network with PReLU, seeded), it measures in one process, at batch 1 and 16, with 1
+and 2 threads:
 
 - ``fp32_eager``: the PyTorch module under ``torch.no_grad()``;
 - ``fp32_compiled``: ``torch.compile`` with Inductor weight freezing (static shapes);
@@ -57,7 +59,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from qcli.demo.model import MobileNetV2, ResNet18, TextEncoder
+from qcli.demo.model import DigitNet, MobileNetV2, ONet48, ResNet18, TextEncoder
 from qcli.metrics import median_interval, ratio_interval
 
 HERE = Path(__file__).resolve().parent
@@ -69,12 +71,34 @@ THREADS = (1, 2)
 CALIB = 32  # calibration samples per model, the same for every tool
 
 
-def image_model(cls: type) -> dict[str, Any]:
+def image_model(cls: type, shape: tuple[int, ...] = (3, 224, 224)) -> dict[str, Any]:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    calib = [(torch.from_numpy(rng.standard_normal((1, 3, 224, 224), dtype=np.float32)),) for _ in range(CALIB)]
+    calib = [(torch.from_numpy(rng.standard_normal((1, *shape), dtype=np.float32)),) for _ in range(CALIB)]
     return {"module": cls().eval(), "arch": f"qcli.demo.model:{cls.__name__}", "kwargs": {}, "calib": calib,
             "names": ["x"], "modes": ["static"]}  # fmt: skip
+
+
+def digit_model() -> dict[str, Any]:
+    """The demo's trained DigitNet on real digits from its calibration folder (1x28x28)."""
+    from safetensors.torch import load_file
+
+    from qcli import demo
+
+    module = DigitNet().eval()
+    module.load_state_dict(load_file(str(demo.WEIGHTS)))
+    files = sorted(Path(demo.CALIB_DIR).iterdir())[:CALIB]
+    calib = [(image_tensor(f),) for f in files]
+    return {"module": module, "arch": "qcli.demo.model:DigitNet", "kwargs": {}, "calib": calib, "names": ["x"],
+            "modes": ["static"]}  # fmt: skip
+
+
+def image_tensor(path: Path) -> torch.Tensor:
+    """A demo digit as the demo's recipe reads it: grayscale, scaled to [0, 1], MNIST-normalised."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy((pixels - 0.1307) / 0.3081)[None, None]
 
 
 def encoder_model() -> dict[str, Any]:
@@ -93,6 +117,9 @@ MODELS: dict[str, Callable[[], dict[str, Any]]] = {
     "resnet18": lambda: image_model(ResNet18),
     "mobilenetv2": lambda: image_model(MobileNetV2),
     "encoder": encoder_model,
+    # small CNNs served one request at a time: 28x28 grayscale digits, MTCNN-style 48x48 PReLU
+    "digitnet": digit_model,
+    "onet48": lambda: image_model(ONet48, (3, 48, 48)),
 }
 
 

@@ -175,6 +175,29 @@ class PReLUDigitNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class ONet48(nn.Module):
+    """MTCNN's output network layout (Zhang et al. 2016) for 3x48x48 face crops: four
+    convolutions with per-channel PReLU and max pooling, a 256-wide fully connected layer, and
+    three heads: face score (2), box offsets (4) and five landmarks (10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3), nn.PReLU(32), nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(32, 64, 3), nn.PReLU(64), nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(64, 64, 3), nn.PReLU(64), nn.MaxPool2d(2, 2, ceil_mode=True),
+            nn.Conv2d(64, 128, 2), nn.PReLU(128),
+        )  # fmt: skip
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(128 * 3 * 3, 256), nn.PReLU(256))
+        self.score = nn.Linear(256, 2)
+        self.box = nn.Linear(256, 4)
+        self.landmarks = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.fc(self.features(x))
+        return self.score(h), self.box(h), self.landmarks(h)
+
+
 class EncoderLayer(nn.Module):
     """Post-norm transformer encoder layer (BERT's layout) with separate q/k/v/out projections."""
 
