@@ -154,6 +154,7 @@ def write_package(
         "freezing": True,
         "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
     }
+    private.guard_inplace_fusions()  # a fused residual add must never write into the caller's input
     share_weights = share_weights and len(names) > 1 and not graph_helpers.has_conv(graph)
     files: dict[str, Any] = {}
     shared: dict[str, SharedWeights] = {}
@@ -707,6 +708,7 @@ def load_artifact(
         return Artifact(path, meta, CompiledCache(path, meta, cache))
     module = load_program_module(path)
     private.inductor_config().freezing = True
+    private.guard_inplace_fusions()
     # static shapes: recompiling this frozen INT8 graph with a dynamic batch (the default on the
     # second batch size) generates code that asserts wrong strides in torch 2.13; each new batch
     # size compiles once (a few seconds) instead

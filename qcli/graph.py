@@ -174,7 +174,9 @@ def protect_inputs(gm: GraphModule) -> None:
     """Clone every tensor input first, so no fused in-place op can write into a caller's tensor.
 
     A compiled INT8 model was seen to fuse a residual add in place into a graph input (oneDNN
-    "sum" post-op); working on a copy costs one memcpy of the input.
+    "sum" post-op); working on a copy costs one memcpy of the input. Inductor drops the copy as
+    a no-op when its layout equals the input's, so qcli's compiles also refuse such in-place
+    fusions (``private.guard_inplace_fusions``).
     """
     import torch
 

@@ -74,6 +74,38 @@ def captured_aot_constants() -> Iterator[dict[str, Any]]:
         compiler.compile = original  # type: ignore[method-assign]
 
 
+def guard_inplace_fusions() -> None:
+    """Stop Inductor's oneDNN fusions from adding a linear's or convolution's result into a graph
+    input in place (torch 2.13; idempotent, for the rest of the process).
+
+    ``linear -> add(x)`` becomes one oneDNN call with a ``sum`` post-op that writes into ``x``
+    when ``_qlinear_binary_can_be_inplace(x)`` (``_can_be_inplace`` for convolutions and FP32
+    linears) says so; they check that ``x`` is no view, not that it is no graph input (torch's
+    own TODO: "Ensure sum is safe"). The clone qcli puts first (``graph.protect_inputs``) does not
+    help: Inductor's ``remove_noop_ops`` drops a clone whose metadata equals its source. A
+    residual model on ``[batch, tokens, features]`` inputs overwrote the caller's tensor (by up to
+    0.83), and a second call on it computed garbage. Refused here, the fusion adds out of place.
+    """
+    from torch._inductor.fx_passes import mkldnn_fusion
+    from torch._inductor.virtualized import V
+
+    for name in ("_can_be_inplace", "_qlinear_binary_can_be_inplace"):
+        original = getattr(mkldnn_fusion, name, None)
+        if original is None or getattr(original, "qcli_guarded", False):
+            continue
+
+        def guarded(other: Any, original: Any = original) -> bool:
+            try:
+                if other.get_name() in V.graph.graph_inputs:
+                    return False
+            except (AttributeError, NotImplementedError):  # no name, or no graph being lowered
+                pass
+            return bool(original(other))
+
+        guarded.qcli_guarded = True  # type: ignore[attr-defined]
+        setattr(mkldnn_fusion, name, guarded)
+
+
 def mkldnn_bytes(t: Any) -> bytes:
     """The bytes of a oneDNN-packed tensor (``torch.ops.mkldnn.data_ptr``/``_nbytes``)."""
     import ctypes
@@ -170,6 +202,12 @@ def _has(owner: Callable[[], Any], *attrs: str) -> Callable[[], None]:
     return probe
 
 
+def _mkldnn_fusion() -> Any:
+    from torch._inductor.fx_passes import mkldnn_fusion
+
+    return mkldnn_fusion
+
+
 def _aot_code_compiler() -> Any:
     from torch._inductor import codecache
 
@@ -200,6 +238,9 @@ SURFACES: dict[str, Callable[[], Any]] = {
     ),
     "torch._inductor.config.freezing": _has(inductor_config, "freezing"),
     "torch._inductor.codecache.AotCodeCompiler.compile": _has(_aot_code_compiler, "compile"),
+    "torch._inductor.fx_passes.mkldnn_fusion._qlinear_binary_can_be_inplace": _has(
+        _mkldnn_fusion, "_can_be_inplace", "_qlinear_binary_can_be_inplace"
+    ),
     "torch.ops.mkldnn.data_ptr / _nbytes": lambda: __import__("torch").ops.mkldnn._nbytes,
     "torch._mkldnn": mkldnn_layout,
     "torch._export.converter.TS2EPConverter": _has(ts2ep_converter, "convert"),

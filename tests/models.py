@@ -27,6 +27,25 @@ def residual_mlp() -> ResidualMLP:
     return ResidualMLP()
 
 
+class ResidualTokens(nn.Module):
+    """``x + fc2(relu(fc1(x)))`` on ``[batch, tokens, features]``, the sum returned: Inductor's
+    fused linear+add wrote the sum into the caller's ``x`` (torch 2.13, see
+    ``qcli.private.guard_inplace_fusions``)."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def residual_tokens() -> ResidualTokens:
+    torch.manual_seed(0)
+    return ResidualTokens()
+
+
 def residual_mlp_files(root: Path, outlier_scale: float) -> Path:
     """``root/mlp.pt`` (ResidualMLP's state dict) and ``calib/``, ``eval/`` folders of 256 seeded
     vectors each whose feature 0 is ``outlier_scale`` times the others: the input that costs a

@@ -325,6 +325,31 @@ def test_patch_tokens_run_on_onednn_optimised_kernels(tmp_path, monkeypatch):
     )
 
 
+def test_a_residual_on_token_inputs_never_writes_into_the_callers_tensor(tmp_path):
+    """``[batch, tokens, features]`` inputs with the residual sum as the output: Inductor fused
+    the add into the second linear as an in-place sum on the caller's tensor (the clone qcli puts
+    first is dropped by Inductor as a no-op). Both forms, two calls on the same tensor."""
+    from models import residual_tokens
+
+    model, calib = tmp_path / "model.pt", tmp_path / "calib"
+    calib.mkdir()
+    torch.save(residual_tokens().state_dict(), model)
+    torch.save(torch.randn(32, 16, 32, generator=torch.Generator().manual_seed(1)), calib / "x.pt")
+    out = tmp_path / "res.pt2"
+    options = ConvertOptions(form="both", package_batch_sizes=(2,))
+    convert_model_file(model, out, calib_dir=calib, arch=ArchSpec.parse("models:residual_tokens"), options=options)
+    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(2))
+    before = x.clone()
+    with torch.no_grad():
+        ref = residual_tokens()(before)
+    for path in (out, tmp_path / "res.program.pt2"):
+        artifact = load_artifact(path, trust_model=True)
+        first, second = artifact.run(x), artifact.run(x)
+        torch.testing.assert_close(x, before, rtol=0, atol=0)
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
+        assert float(metrics.cosine_per_sample(ref.flatten(1), first.flatten(1)).min()) > 0.999
+
+
 def test_dynamic_mode_quantizes_linear_layers(tmp_path, residual_model_file):
     model, calib = residual_model_file
     arch = ArchSpec.parse("models:residual_mlp")
