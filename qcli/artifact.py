@@ -195,7 +195,7 @@ SHARED_STORED = "constants.safetensors"  # the few small constants the default m
 def shared_models(path: Path) -> list[str]:
     """The package's models stored without weights (``SharedWeights``), in archive order."""
     with zipfile.ZipFile(path) as zf:
-        return [n.split("/")[-2] for n in zf.namelist() if n.endswith(f"/{SHARED_DIR}/{n.split('/')[-2]}/{SHARED_MAP}")]
+        return [n.split("/")[-2] for n in zf.namelist() if f"/{SHARED_DIR}/" in n and n.endswith(f"/{SHARED_MAP}")]
 
 
 @dataclass

@@ -457,8 +457,9 @@ def write_forms(
     from qcli.files import atomic_output
 
     sizes = package_shapes(options, metadata, example) if options.form != "program" else []
+    share = options.package_weights == "shared"
     if options.form == "package":
-        write_package(final, example, out, metadata, sizes, options.package_weights == "shared")
+        write_package(final, example, out, metadata, sizes, share)
         return {"package": str(out)}
     if options.form == "program":
         write_program(program, out, metadata)
@@ -468,7 +469,7 @@ def write_forms(
     try:
         with atomic_output(target) as tmp_program:
             write_program(program, tmp_program, metadata)
-            write_package(final, example, out, metadata, sizes, options.package_weights == "shared")
+            write_package(final, example, out, metadata, sizes, share)
             package_written = True
     except BaseException:
         if package_written:

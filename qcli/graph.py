@@ -24,16 +24,21 @@ LayerKey = tuple[str, int]  # (module path, call index): the 2nd call of a reuse
 
 
 @functools.cache
-def _layer_ops() -> dict[Any, str]:
-    """Every overload of the layer ops (``conv2d.default``, ``conv2d.padding``, ...) -> module type."""
+def _ops(*names: str) -> frozenset[Any]:
+    """Every overload of the named aten ops."""
     import torch
 
-    found = {}
-    for op, kind in LAYER_TYPES.items():
-        packet = getattr(torch.ops.aten, op)
-        for overload in packet.overloads():
-            found[getattr(packet, overload)] = kind
-    return found
+    found: set[Any] = set()
+    for name in names:
+        packet = getattr(torch.ops.aten, name)
+        found.update(getattr(packet, overload) for overload in packet.overloads())
+    return frozenset(found)
+
+
+@functools.cache
+def _layer_ops() -> dict[Any, str]:
+    """Every overload of the layer ops (``conv2d.default``, ``conv2d.padding``, ...) -> module type."""
+    return {op: kind for name, kind in LAYER_TYPES.items() for op in _ops(name)}
 
 
 @functools.cache
@@ -201,18 +206,6 @@ def drop_provenance(program: ExportedProgram) -> None:
 def has_conv(gm: GraphModule) -> bool:
     """Whether the graph calls a convolution (oneDNN packs its INT8 weights per input shape)."""
     return any((layer_type(node) or "").startswith("Conv") for node in gm.graph.nodes)
-
-
-@functools.cache
-def _ops(*names: str) -> frozenset[Any]:
-    """Every overload of the named aten ops."""
-    import torch
-
-    found: set[Any] = set()
-    for name in names:
-        packet = getattr(torch.ops.aten, name)
-        found.update(getattr(packet, overload) for overload in packet.overloads())
-    return frozenset(found)
 
 
 VIEW_OPS = ("view", "reshape", "_unsafe_view", "transpose", "permute", "unsqueeze", "squeeze", "flatten")
