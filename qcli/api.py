@@ -386,6 +386,7 @@ def _convert(
         suggested_exclude=meta.get("suggested_exclude") or [],
         search=meta.get("search"),
         bias_correction=meta.get("bias_correction"),
+        speed=meta.get("speed"),
         warnings=warnings,
     )
 
@@ -453,6 +454,7 @@ def _convert_config(source: Calibrated, options: ConvertOptions) -> dict[str, An
         "form": options.form,
         "package_batch_sizes": list(options.package_batch_sizes),
         "package_weights": options.package_weights,
+        "prefer": options.prefer,
         "threads": options.threads,
     }
 

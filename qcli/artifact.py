@@ -101,6 +101,12 @@ def at_length(example: tuple[Tensor, ...], specs: list[dict[str, Any]], length: 
     return tuple(out)
 
 
+def shape_example(example: tuple[Tensor, ...], specs: list[dict[str, Any]], shape: Shape) -> tuple[Tensor, ...]:
+    """The example inputs of one compiled shape: (batch size, sequence length or None)."""
+    b, n = shape
+    return engine.first_row_repeated(at_length(example, specs, n) if n is not None else example, b)
+
+
 def write_package(
     graph: GraphModule,
     example: tuple[Tensor, ...],
@@ -108,6 +114,7 @@ def write_package(
     metadata: dict[str, Any],
     shapes: list[int] | list[Shape],
     share_weights: bool = True,
+    graphs: dict[Shape, GraphModule] | None = None,
 ) -> None:
     """AOT-compile ``graph`` once per shape (frozen weights, no autograd) into one package.
 
@@ -122,6 +129,9 @@ def write_package(
     map qcli's loader uses to hand it the default model's (``SharedWeights``). A graph with
     convolutions is not tried: oneDNN packs convolution weights per input shape (MobileNetV2: 14 of
     its packed weights differ between batch 1 and 4), and a check that failed would cost a compile.
+
+    ``graphs`` gives some shapes a graph of their own (``convert --prefer speed``); such a package
+    stores each model's weights.
     """
     import torch
 
@@ -155,7 +165,8 @@ def write_package(
         "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
     }
     private.guard_inplace_fusions()  # a fused residual add must never write into the caller's input
-    share_weights = share_weights and len(names) > 1 and not graph_helpers.has_conv(graph)
+    graphs = {shape: g for shape, g in (graphs or {}).items() if g is not graph}
+    share_weights = share_weights and len(names) > 1 and not graphs and not graph_helpers.has_conv(graph)
     files: dict[str, Any] = {}
     shared: dict[str, SharedWeights] = {}
     default: dict[str, Any] = {}
@@ -166,8 +177,8 @@ def write_package(
         private.captured_aot_constants() as compiled,
     ):
         for (b, n), name in names.items():
-            args = engine.first_row_repeated(at_length(example, specs, n) if n is not None else example, b)
-            program = torch.export.export(graph, args)
+            args = shape_example(example, specs, (b, n))
+            program = torch.export.export(graphs.get((b, n), graph), args)
             module = program.module()
             graph_helpers.strip_shape_asserts(module)
             if default and share_weights:

@@ -368,6 +368,7 @@ def convert_model(
     """
     import torch
 
+    speed = SpeedPlan.of(loaded, prepared, options, samples) if options.prefer == "speed" else None
     quantized = quantize_and_measure(prepared, options, samples)
     with torch.no_grad(), engine.quiet():
         outs = quantized.graph(*prepared.example)
@@ -384,8 +385,68 @@ def convert_model(
     ]
     # the same in every run with the same inputs, for both forms (the package's own bytes are not)
     metadata["graph_sha256"] = graph.digest(program)
-    outputs = write_forms(final, program, prepared.example, out, options, metadata)
+    graphs = None
+    if speed is not None:
+        choices, graphs = speed.choose(final, package_shapes(options, metadata, prepared.example), metadata)
+        metadata["speed"] = [c.to_dict() for c in choices]
+    outputs = write_forms(final, program, prepared.example, out, options, metadata, graphs)
     return Conversion(outputs, metadata, quantized.layers)
+
+
+@dataclass
+class SpeedPlan:
+    """``--prefer speed``: what re-converting with more layers in FP32 needs (the statistics
+    before conversion uses them, and the FP32 graph), and the per-shape choice (``qcli.speed``)."""
+
+    loaded: LoadedModel
+    prepared: Prepared
+    options: ConvertOptions
+    samples: tuple[Tensor, ...] | None
+    stats: Any
+    fp32_graph: Any
+
+    @classmethod
+    def of(
+        cls, loaded: LoadedModel, prepared: Prepared, options: ConvertOptions, samples: tuple[Tensor, ...] | None
+    ) -> SpeedPlan:
+        from qcli.search import snapshot
+
+        if prepared.mode != "static":
+            raise OptionError(
+                f"{{prefer}} speed chooses between INT8 and FP32 kernels in static mode, not {prepared.mode}"
+            )
+        return cls(
+            loaded, prepared, options, samples, snapshot(prepared, loaded), layer_report.fp32_reference(prepared.graph)
+        )
+
+    def rebuild(self, fp32: tuple[str, ...]) -> Any:
+        """The finalized INT8 graph with the modules ``fp32`` (too) kept in FP32."""
+        from qcli.calibrate import apply_stats, prepare
+
+        p = self.prepared
+        trial = prepare(self.loaded, p.example, p.spec, p.mode, p.exclude + fp32, p.weights)
+        apply_stats(trial, self.stats, self.loaded.sha256, fill_from=self.samples)
+        reference = layer_report.fp32_reference(trial.graph) if self.options.bias_correction else None
+        converted = quantize(trial, self.options.method, self.options.percentile, self.samples)
+        if reference is not None and self.samples is not None:
+            layer_report.bias_correct(reference, converted, self.samples)
+        return finalize(converted)
+
+    def choose(self, final: Any, shapes: list[Any], metadata: dict[str, Any]) -> tuple[list[Any], dict[Any, Any]]:
+        """Each package shape's choice, and the graphs of the shapes that keep layers in FP32."""
+        from qcli import speed
+        from qcli.artifact import shape_example
+
+        specs = list(metadata.get("inputs") or [])
+        choices, graphs = [], {}
+        for s in shapes:
+            shape = (s, None) if isinstance(s, int) else (int(s[0]), s[1])
+            args = shape_example(self.prepared.example, specs, shape)
+            choice, chosen = speed.choose(shape, args, final, self.fp32_graph, self.rebuild)
+            choices.append(choice)
+            if chosen is not final:
+                graphs[shape] = chosen
+        return choices, graphs
 
 
 def artifact_metadata(
@@ -445,7 +506,13 @@ def package_shapes(options: ConvertOptions, metadata: dict[str, Any], example: t
 
 
 def write_forms(
-    final: Any, program: Any, example: tuple[Tensor, ...], out: Path, options: ConvertOptions, metadata: dict[str, Any]
+    final: Any,
+    program: Any,
+    example: tuple[Tensor, ...],
+    out: Path,
+    options: ConvertOptions,
+    metadata: dict[str, Any],
+    graphs: dict[Any, Any] | None = None,
 ) -> dict[str, str]:
     """Write the package and/or the program (``options.form``); returns form → path.
 
@@ -459,7 +526,7 @@ def write_forms(
     sizes = package_shapes(options, metadata, example) if options.form != "program" else []
     share = options.package_weights == "shared"
     if options.form == "package":
-        write_package(final, example, out, metadata, sizes, share)
+        write_package(final, example, out, metadata, sizes, share, graphs)
         return {"package": str(out)}
     if options.form == "program":
         write_program(program, out, metadata)
@@ -469,7 +536,7 @@ def write_forms(
     try:
         with atomic_output(target) as tmp_program:
             write_program(program, tmp_program, metadata)
-            write_package(final, example, out, metadata, sizes, share)
+            write_package(final, example, out, metadata, sizes, share, graphs)
             package_written = True
     except BaseException:
         if package_written:

@@ -127,6 +127,11 @@ def describe_artifact(path: Path) -> InspectArtifactReport:
             if meta.get("package_shapes")
             else [str(b) for b in sorted(int(b) for b in meta["package_models"])],
             "shared_weights": shared_models(path),
+            "fp32_for_speed": {
+                f"{c['batch']}x{c['length']}" if c.get("length") else str(c["batch"]): c["fp32_layers"]
+                for c in meta.get("speed") or []
+                if c["fp32_layers"]
+            },
         }
         if meta["form"] == "package"
         else None,

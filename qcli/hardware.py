@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -144,34 +146,56 @@ def isa_limit_warning(meta: dict[str, Any]) -> str | None:
     )
 
 
+@dataclass
+class Captured:
+    """What C code printed on a file descriptor during a ``fd_to_file`` block (after it ends)."""
+
+    possible: bool = True
+    text: str = ""
+
+
+@contextlib.contextmanager
+def fd_to_file(fd: int) -> Iterator[Captured]:
+    """File descriptor ``fd`` (1 or 2) pointed at a temporary file while the block runs, so what
+    C code prints there is captured rather than shown; ``possible`` is False, with nothing
+    redirected, where that cannot be done."""
+    import ctypes
+    import sys
+    import tempfile
+
+    captured = Captured()
+    try:
+        libc = ctypes.CDLL(None)
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+        saved = os.dup(fd)
+    except (OSError, AttributeError):
+        captured.possible = False
+        yield captured
+        return
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), fd)
+        try:
+            yield captured
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, fd)
+            os.close(saved)
+            log.seek(0)
+            captured.text = log.read().decode("utf-8", errors="replace")
+
+
 def onednn_log(call: Callable[[], Any]) -> str:
     """What oneDNN reports while ``call`` runs (``torch.backends.mkldnn.verbose``): one line per
     primitive it creates or executes, with the implementation it chose. oneDNN prints them
     with C stdio on file descriptor 1, which is pointed at a temporary file meanwhile; "" where
     that is not possible."""
-    import ctypes
-    import sys
-    import tempfile
-
     import torch
 
-    try:
-        libc = ctypes.CDLL(None)
-        sys.stdout.flush()
-        with tempfile.TemporaryFile() as log:
-            saved = os.dup(1)
-            os.dup2(log.fileno(), 1)
-            try:
-                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-                    call()
-            finally:
-                libc.fflush(None)
-                os.dup2(saved, 1)
-                os.close(saved)
-            log.seek(0)
-            return log.read().decode("utf-8", errors="replace")
-    except (OSError, AttributeError):
-        return ""
+    with fd_to_file(1) as log:
+        if log.possible:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                call()
+    return log.text
 
 
 def reference_kernels(log: str) -> list[str]:

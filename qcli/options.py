@@ -25,6 +25,7 @@ METHODS = (DEFAULT_METHOD, *RANGE_METHODS, AUTO_METHOD)
 WEIGHTS = ("per-channel", "per-tensor")
 FORMS = ("package", "program", "both")
 PACKAGE_WEIGHTS = ("shared", "copies")
+PREFER = ("accuracy", "speed")
 DEFAULT_BATCH_SIZES = (1, 16)
 INCONCLUSIVE = ("error", "pass", "fail")
 # what --max-drop gates on (qcli.evaluate); "module:function" names the user's own
@@ -180,6 +181,8 @@ class ConvertOptions:
     # identical (one copy); "copies": each model carries its own, as torch's load_package needs
     package_weights: str = "shared"
     threads: int | None = None  # torch threads while compiling the package
+    # "speed": per package shape, layers measured faster in FP32 than in INT8 stay FP32 (qcli.speed)
+    prefer: str = "accuracy"
     search: SearchOptions | None = None
     input_shape: tuple[InputShape, ...] = ()  # dynamic/weight-only without samples: the inputs' shapes
 
@@ -197,6 +200,13 @@ class ConvertOptions:
         )
         _one_of("form", self.form, FORMS)
         _one_of("package_weights", self.package_weights, PACKAGE_WEIGHTS)
+        _one_of("prefer", self.prefer, PREFER)
+        if self.prefer == "speed" and self.form == "program":
+            raise OptionError("{prefer} speed chooses per compiled batch size: it needs {form} package or both")
+        if self.prefer == "speed" and self.calibration.mode != "static":
+            raise OptionError(
+                f"{{prefer}} speed chooses between INT8 and FP32 kernels in static mode, not {self.calibration.mode}"
+            )
         _sizes("package_batch_sizes", self.package_batch_sizes)
         _positive("threads", self.threads)
         shapes = tuple(dict.fromkeys(tuple(shape) for shape in self.package_shapes))

@@ -149,6 +149,7 @@ class ConvertReport(Report):
     suggested_exclude: list[str]
     search: dict[str, Any] | None  # qcli.search.SearchResult.to_dict
     bias_correction: list[dict[str, Any]] | None
+    speed: list[dict[str, Any]] | None = None  # --prefer speed: qcli.speed.ShapeChoice.to_dict per shape
     saved_config: str | None = None
     warnings: list[str] = field(default_factory=list)  # what looked wrong (the search's evaluation)
 

@@ -379,6 +379,18 @@ CASES: list[Case] = [
         "must be one of",
     ),  # fmt: skip
     Case(
+        "--prefer speed with --form program",
+        converted("--prefer", "speed", "--form", "program", out="x.pt2"),
+        1,
+        "chooses per compiled batch size",
+    ),  # fmt: skip
+    Case(
+        "--prefer speed in dynamic mode",
+        converted("--prefer", "speed", "--mode", "dynamic", out="x.pt2"),
+        1,
+        "in static mode, not dynamic",
+    ),  # fmt: skip
+    Case(
         "files that hold zero samples",
         files_in_calib(lambda s: np.save(s / "x.npy", np.zeros((0, 1, 28, 28), np.float32))),
         1,

@@ -154,6 +154,15 @@ PackageWeightsOpt = Annotated[
     ),
 ]
 
+PreferOpt = Annotated[
+    str,
+    typer.Option(
+        "--prefer",
+        help="accuracy (every layer INT8) or speed (per package batch size, layers whose FP32 kernel is "
+        "measured faster stay FP32 when that makes the model faster; compiles each size 3 times), e.g. --prefer speed.",
+    ),
+]
+
 SaveConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -200,6 +209,7 @@ def convert_command(
     package_batch_sizes: PackageBatchSizesOpt = PACKAGE_BATCH_SIZES,
     package_shapes: PackageShapesOpt = None,
     package_weights: PackageWeightsOpt = CONVERT.package_weights,
+    prefer: PreferOpt = CONVERT.prefer,
     threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
@@ -234,6 +244,7 @@ def convert_command(
             package_batch_sizes=parse_batch_sizes(package_batch_sizes),
             package_shapes=parse_shapes(package_shapes) if package_shapes else (),
             package_weights=package_weights,
+            prefer=prefer,
             threads=threads,
             search=search,
             input_shape=InputShape.parse_all(input_shape) if input_shape else (),
@@ -298,11 +309,20 @@ def show(report: ConvertReport, format: OutputFormat) -> None:
             [f"kept in FP32: {kept}; drop {search['best']['drop']:.2f} points"],
             "table",
         )
+    if report.speed:
+        speed_tables, speed_lines = render.speed_table(report.speed)
+        render.emit(speed_tables, speed_lines, "table")
     for name, out in report.outputs.items():
         render.say(f"wrote {out.path} ({name}, {tables.fmt_bytes(out.size_bytes)})")
+    for_speed = "; ".join(
+        f"batch {s['batch']}" + (f"x{s['length']}" if s.get("length") else "") + f": {', '.join(s['fp32_layers'])}"
+        for s in report.speed or []
+        if s["fp32_layers"]
+    )
     render.say(
-        f"{report.quantized_layers} of {len(report.layers)} conv/linear layers INT8 ({report.mode}); "
-        f"model file was {tables.fmt_bytes(report.model.size_bytes)}"
+        f"{report.quantized_layers} of {len(report.layers)} conv/linear layers INT8 ({report.mode})"
+        + (f", kept FP32 for speed at {for_speed}" if for_speed else "")
+        + f"; model file was {tables.fmt_bytes(report.model.size_bytes)}"
     )
     if report.saved_config:
         render.say(f"wrote {report.saved_config} (effective configuration)")
