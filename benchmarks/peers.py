@@ -28,8 +28,10 @@ and 2 threads:
   16, compiled for the thread count it runs with, as ORT gets a session per thread count) loaded
   with qcli's loader (``qcli.artifact.package_runner``, what ``load_artifact`` uses: torch's C++
   model runner with the weights re-placed at 64-byte alignment); for the encoder also
-  ``qcli_int8_dynamic`` (``--mode dynamic``); ``qcli_int8_load_package`` is the same package
-  loaded with torch's ``load_package`` (weights as AOTInductor leaves them).
+  ``qcli_int8_dynamic`` (``--mode dynamic``); for the CNNs also ``qcli_int8_speed``
+  (``--prefer speed``: per batch size, layers measured faster in FP32 stay FP32);
+  ``qcli_int8_load_package`` is the same package loaded with torch's ``load_package`` (weights
+  as AOTInductor leaves them). qcli's figure is its fastest variant.
 
 Variants run interleaved (the order rotates every round) after warm-up, for at least 40 rounds
 (batch 1) or 15 (batch 16) and then until qcli's ratio to every peer is known to +-5% (95%
@@ -76,7 +78,7 @@ def image_model(cls: type, shape: tuple[int, ...] = (3, 224, 224)) -> dict[str, 
     rng = np.random.default_rng(0)
     calib = [(torch.from_numpy(rng.standard_normal((1, *shape), dtype=np.float32)),) for _ in range(CALIB)]
     return {"module": cls().eval(), "arch": f"qcli.demo.model:{cls.__name__}", "kwargs": {}, "calib": calib,
-            "names": ["x"], "modes": ["static"]}  # fmt: skip
+            "names": ["x"], "modes": ["static", "speed"]}  # fmt: skip
 
 
 def digit_model() -> dict[str, Any]:
@@ -90,7 +92,7 @@ def digit_model() -> dict[str, Any]:
     files = sorted(Path(demo.CALIB_DIR).iterdir())[:CALIB]
     calib = [(image_tensor(f),) for f in files]
     return {"module": module, "arch": "qcli.demo.model:DigitNet", "kwargs": {}, "calib": calib, "names": ["x"],
-            "modes": ["static"]}  # fmt: skip
+            "modes": ["static", "speed"]}  # fmt: skip
 
 
 def image_tensor(path: Path) -> torch.Tensor:
@@ -151,8 +153,9 @@ def qcli_artifacts(spec: dict[str, Any], work: Path, threads: int) -> dict[str, 
     out = {}
     for mode in spec["modes"]:
         path = work / f"qcli-{mode}-{threads}.pt2"
+        how = ["--mode", "static", "--prefer", "speed"] if mode == "speed" else ["--mode", mode]
         cmd = [sys.executable, "-m", "qcli", "convert", str(model), "--arch", spec["arch"], "--arch-kwargs",
-               json.dumps(spec["kwargs"]), "--calib-dir", str(calib), "--mode", mode, "--package-batch-sizes", "1,16",
+               json.dumps(spec["kwargs"]), "--calib-dir", str(calib), *how, "--package-batch-sizes", "1,16",
                "--threads", str(threads), "-o", str(path), "-q"]  # fmt: skip
         subprocess.run(cmd, check=True)
         names = read_metadata(path)["package_models"]
@@ -394,7 +397,7 @@ def ratio_cell(found: list[float] | None) -> str:
 
 def print_table(rows: list[tuple[str, int, int, dict[str, Any]]]) -> None:
     cols = ["fp32_eager", "fp32_compiled", "ort_fp32", "ort_fp32_spin", "ort_int8", "ort_int8_spin",
-            "torchao_fx_int8", "qcli_int8_load_package", "qcli_int8"]  # fmt: skip
+            "torchao_fx_int8", "qcli_int8_load_package", "qcli_int8", "qcli_int8_speed"]  # fmt: skip
     peers = ["ort_int8", "ort_int8_spin", "torchao_fx_int8", "fp32_compiled"]
     print(
         "\n| model | threads | batch | " + " | ".join(cols) + " | " + " | ".join(f"qcli vs {p}" for p in peers) + " |"
@@ -403,7 +406,9 @@ def print_table(rows: list[tuple[str, int, int, dict[str, Any]]]) -> None:
     for name, threads, batch, result in rows:
         m, best = result["median_ms"], result["qcli"]
         cells = [f"{m[c][0]:.2f}" if c in m else "-" for c in cols]
-        if best != "qcli_int8":
+        if best in cols:  # the variant qcli's ratios are for
+            cells[cols.index(best)] = f"**{cells[cols.index(best)]}**"
+        else:
             cells[-1] += f" ({best.removeprefix('qcli_int8_')}: {m[best][0]:.2f})"
         ratios = [ratio_cell(result["qcli_ratio"].get(p)) for p in peers]
         if any(n["disturbed"] for n in result.get("noise", {}).values()):
