@@ -234,12 +234,15 @@ def compile_fp32(
     # two rows at least: export specialises a batch dimension of size 1 and refuses it as dynamic
     rows = make_inputs(example, 2)
     program = engine.export(module, rows, spec.names, sequence=spec.sequence)
+    module_graph = program.module()
+    # the graph rewrites INT8 gets that are not about quantization (``calibrate.prepare``)
+    if graph.whole_input_pooling(module_graph) and form == "program":
+        program = engine.export(module_graph, rows, spec.names, sequence=spec.sequence)
     path = workdir / "fp32.pt2"
     metadata = {**base_metadata(), "mode": "fp32"}
     if form == "program":
         write_program(program, path, metadata)
     else:
-        module_graph = program.module()
         graph.protect_inputs(module_graph)
         write_package(module_graph, rows, path, metadata, batch_sizes)
     loading = Loading.start()

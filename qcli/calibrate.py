@@ -101,6 +101,7 @@ def prepare(
     exported = program.module()
     graph.linears_in_other_clothes(exported)  # Conv1D's addmm, x @ W: linear layers too
     graph.explicit_conv_padding(exported)  # padding="same": a conv2d overload the quantizer refuses
+    graph.whole_input_pooling(exported)  # EfficientNet's 1280x1280 average pooling: a mean
     if mode != "static":
         return Prepared(exported, example, spec, mode, weights, exclude)
     observed = engine.prepare_pt2e(exported, exclude, weights)

@@ -363,6 +363,52 @@ def explicit_conv_padding(gm: GraphModule) -> int:
     return changed
 
 
+def whole_input_pooling(gm: GraphModule) -> int:
+    """Rewrite each 2-D average pooling whose one window covers its whole input into a mean over
+    height and width, in place; returns how many.
+
+    ``transformers``' EfficientNet pools its last feature map with
+    ``nn.AvgPool2d(config.hidden_dim, ceil_mode=True)``: a 1280x1280 window (640 in a small
+    config) over a 2x2 map. Inductor's C++ kernel for it walks the whole window: 21 ms of a 23 ms
+    call at batch 1, FP32 compiled 7x slower than eager and INT8 no faster than FP32. Without
+    padding, torch clips the window (and its divisor) to the input, so a window at least as large
+    as the input with one output position is exactly the mean.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != aten.avg_pool2d.default:
+            continue
+        names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        args = {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+        x, kernel = args.get("input"), args.get("kernel_size")
+        padding, divisor = args.get("padding", 0), args.get("divisor_override")
+        val, out = getattr(x, "meta", {}).get("val"), node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or divisor is not None or not kernel:
+            continue
+        kernel = [kernel] * 2 if isinstance(kernel, int) else list(kernel)
+        padding = [padding] * 2 if isinstance(padding, int) else list(padding)
+        size, out_size = list(val.shape[-2:]), list(out.shape[-2:])
+        if not all(isinstance(d, int) for d in size + out_size) or any(padding) or out_size != [1, 1]:
+            continue
+        if len(kernel) == 1:
+            kernel = kernel * 2
+        if any(k < d for k, d in zip(kernel, size, strict=True)):
+            continue
+        with gm.graph.inserting_before(node):
+            mean = gm.graph.call_function(aten.mean.dim, (x, [-2, -1], True))
+        mean.meta = dict(node.meta)
+        node.replace_all_uses_with(mean)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
 def _in_conv2d_subclass(node: Any) -> bool:
     """Whether the node's own module (``nn_module_stack``, a class or its dotted name) is a
     subclass of ``nn.Conv2d`` rather than ``nn.Conv2d`` itself."""

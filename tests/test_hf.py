@@ -236,7 +236,38 @@ def test_same_padding_and_conv_subclasses_are_quantized(folders, tmp_path):
     report = convert_model_file(tmp_path / "effnet", tmp_path / "int8.pt2", calib_dir=folders / "images",
                                 options=ConvertOptions(calibration=CalibrationOptions(limit=16), form="program"))  # fmt: skip
     assert report.quantized_layers == len(report.layers) == 52
+    program = load_program_module(tmp_path / "int8.pt2")
+    # its 640x640 average pooling over a 1x1 map is a mean (Inductor's kernel walked the window)
+    assert not [n for n in program.graph.nodes if n.target == torch.ops.aten.avg_pool2d.default]
     x = torch.load(next((folders / "images").iterdir()))[:4]
     with torch.no_grad():
-        want, got = model(pixel_values=x).logits, load_program_module(tmp_path / "int8.pt2")(x)["logits"]
+        want, got = model(pixel_values=x).logits, program(x)["logits"]
     assert float(metrics.cosine_per_sample(want, got).min()) > 0.99
+
+
+def test_average_pooling_over_the_whole_input_becomes_a_mean():
+    """A window at least as large as its input, without padding, with one output position: the
+    mean over height and width, exactly; other poolings are left alone."""
+    from torch import nn
+
+    from qcli import graph
+
+    class Pools(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.whole = nn.AvgPool2d(640, ceil_mode=True)  # EfficientNet's: 640 > 3
+            self.exact = nn.AvgPool2d((3, 5))  # the input's size: one window
+            self.tiles = nn.AvgPool2d(2, ceil_mode=True)  # 2x3 outputs
+            self.padded = nn.AvgPool2d(5, padding=2, count_include_pad=True)  # divisor counts the padding
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self.whole(x), self.exact(x), self.tiles(x), self.padded(x)
+
+    x = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(0))
+    module = torch.export.export(Pools(), (x,)).module()
+    assert graph.whole_input_pooling(module) == 2
+    pools = [n for n in module.graph.nodes if n.target == torch.ops.aten.avg_pool2d.default]
+    assert len(pools) == 2
+    for want, got in zip(Pools()(x), module(x), strict=True):
+        assert want.shape == got.shape
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
