@@ -727,6 +727,8 @@ def _measure(
     plan = bench.Plan(options.warmup, options.runs, options.precision, options.time_budget, options.min_speedup)
     timings = bench.benchmark(runners, example, sizes, plan)
     warnings += [t.noise.reason for t in timings if t.noise is not None and t.noise.reason][:1]
+    badly_compiled = bench.compiled_slower_warning(timings)
+    warnings += [badly_compiled] if badly_compiled else []
     inputs = {bs: bench.make_inputs(example, bs) for bs in sizes}
     slow = hardware.reference_kernel_warning(subjects.artifact.run, inputs)
     warnings += [slow] if slow else []

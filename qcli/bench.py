@@ -310,6 +310,29 @@ def thread_warning(meta: dict[str, Any], threads: int) -> str | None:
     )
 
 
+SLOW_COMPILE = 2.0  # FP32 compiled this many times slower than eager (its whole interval) is a fault
+
+
+def compiled_slower_warning(timings: list[BatchTiming]) -> str | None:
+    """Whether FP32 compiled, the reference of INT8's speed-up and of ``--min-speedup``, is itself
+    far slower than eager: then some operation compiles badly (transformers' EfficientNet pooling
+    with a 640x640 window ran 7x slower compiled before qcli rewrote it), and a speed-up over it
+    says little about INT8."""
+    for t in timings:
+        eager, compiled = t.variants.get(FP32_EAGER), t.variants.get(FP32_COMPILED)
+        if eager is None or compiled is None or not eager.p50_ms:
+            continue
+        low, high = compiled.p50_low_ms or compiled.p50_ms, eager.p50_high_ms or eager.p50_ms
+        if low > SLOW_COMPILE * high:
+            return (
+                f"FP32 compiled is {compiled.p50_ms / eager.p50_ms:.1f}x slower than FP32 eager at batch "
+                f"{t.batch_size} ({compiled.p50_ms:.3g} against {eager.p50_ms:.3g} ms): Inductor compiles some "
+                "operation of this model badly and INT8, compiled the same way, inherits it: its speed-up over "
+                "FP32 compiled (and --min-speedup) is measured against a slow reference"
+            )
+    return None
+
+
 def make_inputs(example: tuple[Tensor, ...], batch_size: int) -> tuple[Any, ...]:
     """Inputs of ``batch_size`` rows cycled from the example rows (real samples when available)."""
     idx = [i % example[0].shape[0] for i in range(batch_size)]

@@ -106,6 +106,22 @@ def test_a_thread_mismatch_leaves_the_speed_gate_undecided():
     assert failures == [] and undecided == ["--min-speedup not judged: compiled with 2 threads"]
 
 
+def test_a_compiled_reference_far_slower_than_eager_is_named():
+    """FP32 compiled is the speed-up's reference: when its whole interval lies beyond twice eager's,
+    the report says so; a compiled model merely no faster than eager, or noisy, is not flagged."""
+
+    def timing(eager: tuple[float, float, float], compiled: tuple[float, float, float]) -> bench.BatchTiming:
+        def latency(m: tuple[float, float, float]) -> bench.Latency:
+            return bench.Latency(m[0], m[0], 1.0, p50_low_ms=m[1], p50_high_ms=m[2])
+
+        return bench.BatchTiming(1, 20, {bench.FP32_EAGER: latency(eager), bench.FP32_COMPILED: latency(compiled)})
+
+    slow = bench.compiled_slower_warning([timing((3.0, 2.9, 3.2), (22.7, 22.2, 23.0))])
+    assert slow is not None and slow.startswith("FP32 compiled is 7.6x slower than FP32 eager at batch 1")
+    assert bench.compiled_slower_warning([timing((3.0, 2.9, 3.2), (3.5, 3.3, 3.7))]) is None
+    assert bench.compiled_slower_warning([timing((3.0, 2.0, 4.0), (7.0, 6.0, 8.5))]) is None  # intervals meet
+
+
 @pytest.mark.parametrize(
     ("failures", "inconclusive", "on", "raised"),
     [
