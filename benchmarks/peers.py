@@ -1,8 +1,9 @@
 """qcli's INT8 against the tools a user would otherwise reach for, on the same models and inputs.
 
 Run with `make bench-peers` (installs the optional `peers` extra: ONNX Runtime, onnx, onnxscript;
-none of them is needed by qcli itself). For a ResNet-18-class CNN, a MobileNetV2-class CNN, a
-6-layer transformer encoder (``qcli.demo.model``: ResNet18, MobileNetV2, TextEncoder; seeded
+none of them is needed by qcli itself). For a ResNet-18-class CNN, a MobileNetV2-class CNN, an
+EfficientNet-Lite0-class CNN, a 6-layer transformer encoder (``qcli.demo.model``: ResNet18,
+MobileNetV2, EfficientNetLite0, TextEncoder; seeded
 initialisation, no pretrained weights may be downloaded here) and two small CNNs of the kind
 served one request at a time (the demo's trained DigitNet on its 28x28 digits; ONet48, MTCNN's
 48x48 output network with PReLU, seeded), it measures in one process, at batch 1 and 16, with 1
@@ -61,7 +62,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from qcli.demo.model import DigitNet, MobileNetV2, ONet48, ResNet18, TextEncoder
+from qcli.demo.model import DigitNet, EfficientNetLite0, MobileNetV2, ONet48, ResNet18, TextEncoder
 from qcli.metrics import median_interval, ratio_interval
 
 HERE = Path(__file__).resolve().parent
@@ -118,6 +119,7 @@ def encoder_model() -> dict[str, Any]:
 MODELS: dict[str, Callable[[], dict[str, Any]]] = {
     "resnet18": lambda: image_model(ResNet18),
     "mobilenetv2": lambda: image_model(MobileNetV2),
+    "efficientnet_lite0": lambda: image_model(EfficientNetLite0),
     "encoder": encoder_model,
     # small CNNs served one request at a time: 28x28 grayscale digits, MTCNN-style 48x48 PReLU
     "digitnet": digit_model,

@@ -3,7 +3,8 @@
 ``DigitNet`` is the demo model: a residual CNN for 28x28 grayscale digits (about 75k parameters).
 ``ResNet18`` is a ResNet-18-class ImageNet network (11.7M parameters) of our own definition, used
 to measure INT8 speed on a model of realistic size; it has no pretrained weights. ``MobileNetV2``
-is the same for the MobileNetV2 layout (3.5M parameters).
+is the same for the MobileNetV2 layout (3.5M parameters), ``EfficientNetLite0`` for
+EfficientNet-Lite0's (4.7M: depthwise 3x3 and 5x5, no squeeze-excitation).
 ``MobileDigitNet`` (MobileNetV2-style: inverted residuals, depthwise convolutions, ReLU6) and
 ``PReLUDigitNet`` (conv-BN-PReLU) are the architectures that naive INT8 handles badly; they are
 trained on the same digits as the demo (``python -m qcli.demo.train --arch mobile|prelu``).
@@ -12,6 +13,8 @@ token ids and an attention mask, used for dynamic and weight-only INT8.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -93,16 +96,16 @@ def conv_bn_act(
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand + ReLU6, 3x3 depthwise + ReLU6, 1x1 linear projection;
-    a residual add when the shape is kept."""
+    """MobileNetV2 block: 1x1 expand + ReLU6, 3x3 (or ``kernel``) depthwise + ReLU6, 1x1 linear
+    projection; a residual add when the shape is kept."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int = 3) -> None:
         super().__init__()
         hidden = cin * expand
         self.use_residual = stride == 1 and cin == cout
         self.block = nn.Sequential(
             conv_bn_act(cin, hidden, kernel=1),
-            conv_bn_act(hidden, hidden, stride=stride, groups=hidden),
+            conv_bn_act(hidden, hidden, stride=stride, kernel=kernel, groups=hidden),
             conv_bn_act(hidden, cout, kernel=1, act=None),
         )
 
@@ -113,17 +116,17 @@ class InvertedResidual(nn.Module):
 
 class InvertedResidualNet(nn.Module):
     """The MobileNetV2 layout at any size: a 3x3 stem convolution, inverted-residual blocks
-    (``blocks``: output channels, stride, expansion of each), a 1x1 head convolution, average
-    pooling and a linear classifier."""
+    (``blocks``: output channels, stride, expansion and optionally the depthwise kernel of each), a
+    1x1 head convolution, average pooling and a linear classifier."""
 
     def __init__(
-        self, cin: int, stem: int, stem_stride: int, blocks: list[tuple[int, int, int]], head: int, num_classes: int
+        self, cin: int, stem: int, stem_stride: int, blocks: Sequence[tuple[int, ...]], head: int, num_classes: int
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [conv_bn_act(cin, stem, stride=stem_stride)]
         channels = stem
-        for cout, stride, expand in blocks:
-            layers.append(InvertedResidual(channels, cout, stride, expand))
+        for cout, stride, expand, *kernel in blocks:
+            layers.append(InvertedResidual(channels, cout, stride, expand, *kernel))
             channels = cout
         layers.append(conv_bn_act(channels, head, kernel=1))
         self.features = nn.Sequential(*layers)
@@ -150,6 +153,19 @@ class MobileNetV2(InvertedResidualNet):
 
     def __init__(self, num_classes: int = 1000) -> None:
         blocks = [(c, s if i == 0 else 1, t) for t, c, n, s in self.TABLE for i in range(n)]
+        super().__init__(3, 32, 2, blocks, 1280, num_classes)
+
+
+class EfficientNetLite0(InvertedResidualNet):
+    """EfficientNet-Lite0 layout (the mobile variant of Tan and Le 2019: no squeeze-excitation,
+    ReLU6, 3x3 and 5x5 depthwise convolutions) for 3x224x224 inputs, 4.7M parameters."""
+
+    # (expansion, channels, repeats, first stride, kernel)
+    TABLE = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
+             (6, 192, 4, 2, 5), (6, 320, 1, 1, 3))  # fmt: skip
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        blocks = [(c, s if i == 0 else 1, t, k) for t, c, n, s, k in self.TABLE for i in range(n)]
         super().__init__(3, 32, 2, blocks, 1280, num_classes)
 
 
