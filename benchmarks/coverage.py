@@ -13,7 +13,9 @@ For each model and each mode that applies (static for all; dynamic for models wi
 as a user would: `qcli convert MODEL --calib-dir samples/ --mode M` (package, batch sizes 1 and 16),
 then `qcli bench MODEL int8.pt2 --eval-dir samples/ --batch-sizes 1,16`. Recorded: exported or not,
 "N of M conv/linear layers INT8", the worst output's cosine and SQNR against FP32 (every output is
-compared), INT8 speed-up against FP32 compiled the same way at batch 1 and 16 with its 95% interval,
+compared), the FP32 model's own sensitivity (the cosine between its outputs on the samples and
+on the samples rounded to 8 bits: what the first INT8 activation alone does; random deep
+networks can amplify it far more than trained ones), INT8 speed-up against FP32 compiled the same way at batch 1 and 16 with its 95% interval,
 the artifact's size, and where it fails, the one line a user sees. Results go to
 benchmarks/results/coverage.json and a Markdown table (benchmarks/results/coverage.md); the
 README's table is a copy of a run kept in benchmarks/recorded/.
@@ -148,9 +150,10 @@ def failure(proc: subprocess.CompletedProcess[str]) -> str:
     return (lines[-1] if lines else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1])[:300]
 
 
-def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None]:
-    """The model as a user has it (a folder, or a state dict + --arch), its samples, and a reason
-    it cannot be measured (abnormal output magnitude) or None."""
+def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None, float | None]:
+    """The model as a user has it (a folder, or a state dict + --arch), its samples, a reason it
+    cannot be measured (abnormal output magnitude) or None, and its own sensitivity
+    (``rounding_cosine``)."""
     built = arch.build()
     gen = torch.Generator().manual_seed(1)
     samples = work / "samples"
@@ -169,7 +172,8 @@ def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None]:
         torch.save(next(iter(data.values())), samples / "x.pt")
         with torch.no_grad():
             out = module(next(iter(data.values())))
-        return path, ["--arch", spec], magnitude_problem(out)
+        sensitivity = rounding_cosine(lambda **d: module(*d.values()), data)
+        return path, ["--arch", spec], magnitude_problem(out), sensitivity
     folder = work / "model"
     data = arch.samples(gen)
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in built.modules()):
@@ -198,20 +202,45 @@ def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None]:
         save_file(data, str(samples / "samples.safetensors"))
     with torch.no_grad():
         out = built(**data)
-    return folder, [], magnitude_problem(out)
+    return folder, [], magnitude_problem(out), rounding_cosine(built, data)
+
+
+def tensors(out: Any) -> list[torch.Tensor]:
+    """A model's output tensors: a tensor, a tuple or list, or a dict / ``ModelOutput``."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    values = list(out) if isinstance(out, (tuple, list)) else list(dict(out).values())
+    return [t for v in values for t in tensors(v)] if values else []
+
+
+def rounding_cosine(model: Callable[..., Any], data: dict[str, torch.Tensor]) -> float | None:
+    """The FP32 model's own sensitivity: the cosine between its outputs on the samples and on the
+    samples rounded to 8 bits (mean over samples, worst output: as ``bench`` reports INT8's) (256 levels over each input's range, what the
+    first INT8 activation alone does). None for integer inputs (token ids). A randomly initialised
+    deep network can amplify such a perturbation far more than a trained one does; every INT8
+    layer adds one like it."""
+    floats = {k for k, v in data.items() if v.is_floating_point()}
+    if not floats:
+        return None
+    rounded = dict(data)
+    for k in floats:
+        v = data[k]
+        low, step = v.min(), (v.max() - v.min()) / 255
+        rounded[k] = torch.round((v - low) / step) * step + low
+    with torch.no_grad():
+        pairs = zip(tensors(model(**data)), tensors(model(**rounded)), strict=True)
+        worst = [
+            float(torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).mean())
+            for a, b in pairs
+            if a.is_floating_point() and a.ndim >= 2
+        ]
+    return min(worst) if worst else None
 
 
 def magnitude_problem(out: Any) -> str | None:
     """A reason the outputs are no basis for ratios: an absurd size, or (nearly) the same output
     whatever the input (their spread across samples under 1e-3 of their size)."""
-    values = (
-        [out]
-        if isinstance(out, torch.Tensor)
-        else list(out)
-        if isinstance(out, (tuple, list))
-        else list(dict(out).values())
-    )
-    for t in (v for v in values if isinstance(v, torch.Tensor)):
+    for t in tensors(out):
         t = t.float()
         size, across = float(t.abs().mean()), float(t.std(0).mean())
         if not 1e-3 <= size <= 1e4:
@@ -252,8 +281,8 @@ def measure(arch: Arch, mode: str, model: Path, extra: list[str], work: Path) ->
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| model | family | mode | exported | INT8 layers | outputs | worst cosine | worst SQNR dB "
-            "| speed-up b1 [95%] | speed-up b16 [95%] | artifact | failure |")  # fmt: skip
-    lines = [head, "|" + "---|" * 12]
+            "| FP32, input at 8 bits | speed-up b1 [95%] | speed-up b16 [95%] | artifact | failure |")  # fmt: skip
+    lines = [head, "|" + "---|" * 13]
 
     def speed(value: Any) -> str:
         return f"{value[0]:.2f}x [{value[1]:.2f}, {value[2]:.2f}]" if value else "-"
@@ -264,8 +293,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
         sqnr = ("identical" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}") if "sqnr_db" in r else "-"
         exported = {True: "yes", False: "no"}.get(r.get("exported"), "-")  # type: ignore[arg-type]
+        own = f"{r['rounding_cosine']:.4f}" if r.get("rounding_cosine") is not None else "-"
         lines.append(f"| {r['model']} | {r['family']} | {r['mode']} | {exported} | {layers} | {r.get('outputs', '-')} "
-                     f"| {cos} | {sqnr} | {speed(r.get('speedup_b1'))} | {speed(r.get('speedup_b16'))} | {size} "
+                     f"| {cos} | {sqnr} | {own} | {speed(r.get('speedup_b1'))} | {speed(r.get('speedup_b16'))} | {size} "
                      f"| {r.get('failure', '')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -301,15 +331,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="qcli-coverage-") as tmp:
             work = Path(tmp)
             try:
-                model, extra, problem = model_files(arch, work)
+                model, extra, problem, sensitivity = model_files(arch, work)
             except Exception as exc:  # a config this transformers cannot build: say so, go on
                 problem = f"not built: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                sensitivity = None
             if problem:
                 rows.append({"model": arch.name, "family": arch.family, "mode": "-", "failure": problem})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             for mode in arch.modes:
                 row = measure(arch, mode, model, extra, work)
+                row["rounding_cosine"] = sensitivity
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         rows.sort(key=lambda r: (order.index(r["model"]), r["mode"] != "static"))
