@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,11 +206,15 @@ def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None, fl
 
 
 def tensors(out: Any) -> list[torch.Tensor]:
-    """A model's output tensors: a tensor, a tuple or list, or a dict / ``ModelOutput``."""
+    """A model's output tensors, in tuples, lists and dicts (a ``ModelOutput`` is one); other
+    objects (GPT-2's key/value cache) hold none of its outputs."""
     if isinstance(out, torch.Tensor):
         return [out]
-    values = list(out) if isinstance(out, (tuple, list)) else list(dict(out).values())
-    return [t for v in values for t in tensors(v)] if values else []
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in tensors(v)]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in tensors(v)]
+    return []
 
 
 def rounding_cosine(model: Callable[..., Any], data: dict[str, torch.Tensor]) -> float | None:
