@@ -15,8 +15,8 @@ then `qcli bench MODEL int8.pt2 --eval-dir samples/ --batch-sizes 1,16`. Recorde
 "N of M conv/linear layers INT8", the worst output's cosine and SQNR against FP32 (every output is
 compared), the FP32 model's own sensitivity (the cosine between its outputs on the samples and
 on the samples rounded to 8 bits: what the first INT8 activation alone does; random deep
-networks can amplify it far more than trained ones), INT8 speed-up against FP32 compiled the same way at batch 1 and 16 with its 95% interval,
-the artifact's size, and where it fails, the one line a user sees. Results go to
+networks can amplify it far more than trained ones), INT8 speed-up against FP32 compiled the
+same way at batch 1 and 16 with its 95% interval, the artifact's size, and where it fails, the one line a user sees. Results go to
 benchmarks/results/coverage.json and a Markdown table (benchmarks/results/coverage.md); the
 README's table is a copy of a run kept in benchmarks/recorded/.
 
@@ -172,7 +172,7 @@ def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None, fl
         torch.save(next(iter(data.values())), samples / "x.pt")
         with torch.no_grad():
             out = module(next(iter(data.values())))
-        sensitivity = rounding_cosine(lambda **d: module(*d.values()), data)
+        sensitivity = rounding_cosine(lambda **d: module(*d.values()), data, out)
         return path, ["--arch", spec], magnitude_problem(out), sensitivity
     folder = work / "model"
     data = arch.samples(gen)
@@ -202,7 +202,7 @@ def model_files(arch: Arch, work: Path) -> tuple[Path, list[str], str | None, fl
         save_file(data, str(samples / "samples.safetensors"))
     with torch.no_grad():
         out = built(**data)
-    return folder, [], magnitude_problem(out), rounding_cosine(built, data)
+    return folder, [], magnitude_problem(out), rounding_cosine(built, data, out)
 
 
 def tensors(out: Any) -> list[torch.Tensor]:
@@ -217,12 +217,12 @@ def tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def rounding_cosine(model: Callable[..., Any], data: dict[str, torch.Tensor]) -> float | None:
-    """The FP32 model's own sensitivity: the cosine between its outputs on the samples and on the
-    samples rounded to 8 bits (mean over samples, worst output: as ``bench`` reports INT8's) (256 levels over each input's range, what the
-    first INT8 activation alone does). None for integer inputs (token ids). A randomly initialised
-    deep network can amplify such a perturbation far more than a trained one does; every INT8
-    layer adds one like it."""
+def rounding_cosine(model: Callable[..., Any], data: dict[str, torch.Tensor], out: Any) -> float | None:
+    """The FP32 model's own sensitivity: the cosine between its outputs on the samples (``out``)
+    and on the samples rounded to 8 bits (256 levels over each input's range, what the first INT8
+    activation alone does); mean over samples, worst output, as ``bench`` reports INT8's. None for
+    integer inputs (token ids). A randomly initialised deep network can amplify such a
+    perturbation far more than a trained one does; every INT8 layer adds one like it."""
     floats = {k for k, v in data.items() if v.is_floating_point()}
     if not floats:
         return None
@@ -232,7 +232,7 @@ def rounding_cosine(model: Callable[..., Any], data: dict[str, torch.Tensor]) ->
         low, step = v.min(), (v.max() - v.min()) / 255
         rounded[k] = torch.round((v - low) / step) * step + low
     with torch.no_grad():
-        pairs = zip(tensors(model(**data)), tensors(model(**rounded)), strict=True)
+        pairs = zip(tensors(out), tensors(model(**rounded)), strict=True)
         worst = [
             float(torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).mean())
             for a, b in pairs
