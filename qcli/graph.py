@@ -388,13 +388,12 @@ def whole_input_pooling(gm: GraphModule) -> int:
         val, out = getattr(x, "meta", {}).get("val"), node.meta.get("val")
         if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or divisor is not None or not kernel:
             continue
-        kernel = [kernel] * 2 if isinstance(kernel, int) else list(kernel)
-        padding = [padding] * 2 if isinstance(padding, int) else list(padding)
+        kernel = [kernel] if isinstance(kernel, int) else list(kernel)
+        kernel = kernel * 2 if len(kernel) == 1 else kernel  # one size for both dimensions
+        padding = [padding] if isinstance(padding, int) else list(padding)
         size, out_size = list(val.shape[-2:]), list(out.shape[-2:])
         if not all(isinstance(d, int) for d in size + out_size) or any(padding) or out_size != [1, 1]:
             continue
-        if len(kernel) == 1:
-            kernel = kernel * 2
         if any(k < d for k, d in zip(kernel, size, strict=True)):
             continue
         with gm.graph.inserting_before(node):
