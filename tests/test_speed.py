@@ -66,7 +66,8 @@ def _int8_matmuls(run: object) -> int:
 
 def test_each_batch_size_keeps_its_own_layers_in_fp32(onet: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     # fixed kernel times: the heads are 10x faster in FP32, everything else 5x slower; and the
-    # whole model with the heads in FP32 is faster at batch 1 only
+    # whole model with the heads in FP32 is faster at batch 1 only (the compiling for timing is the
+    # test above's; here only the package is compiled)
     def kernel_times(fn: object, args: tuple[torch.Tensor, ...], layers: list[speed.Layer]) -> list[float]:
         return [100.0 if la.quantized else (10.0 if la.name in HEADS else 500.0) for la in layers]
 
@@ -75,6 +76,7 @@ def test_each_batch_size_keeps_its_own_layers_in_fp32(onet: dict[str, Path], mon
 
     monkeypatch.setattr(speed, "kernel_times", kernel_times)
     monkeypatch.setattr(speed, "compare", compare)
+    monkeypatch.setattr(speed, "compiled", lambda gm, args: gm)  # nothing timed: the graphs as they are
     out = onet["root"] / "speed.pt2"
     report = api.convert_model_file(
         onet["model"], out, calib_dir=onet["calib"], arch=ArchSpec.parse(ARCH),
