@@ -408,6 +408,25 @@ def whole_input_pooling(gm: GraphModule) -> int:
     return count
 
 
+def quantized_max_pools(gm: GraphModule) -> list[str]:
+    """The pooling modules (``nn.MaxPool1d/2d/3d``, in graph order, once each) whose max pooling
+    runs on INT8 values in ``gm``: its input comes through a dequantize step. Those are what
+    ``--prefer speed`` may keep FP32 by name; a max pooling called inside a larger module is
+    left alone (keeping its module FP32 would keep that module's layers FP32 too)."""
+    pools = _ops("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices")
+    found: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in pools or not node.args:
+            continue
+        owner = list((node.meta.get("nn_module_stack") or {}).values())[-1:]
+        kind = owner[0][1] if owner else ""
+        kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", "")
+        pooling_module = kind.split(".")[-1] in ("MaxPool1d", "MaxPool2d", "MaxPool3d")
+        if pooling_module and dequantize_kind(node.args[0]) and module_name(node) not in found:
+            found.append(module_name(node))
+    return found
+
+
 def _in_conv2d_subclass(node: Any) -> bool:
     """Whether the node's own module (``nn_module_stack``, a class or its dotted name) is a
     subclass of ``nn.Conv2d`` rather than ``nn.Conv2d`` itself."""

@@ -15,6 +15,13 @@ in INT8, 5 µs in FP32). For each shape the package is compiled for:
    95% confidence. The clear candidates alone (FP32 in at most ``STRONG`` of the INT8 time) are
    tried the same way, and the faster of the two wins; when neither is faster, every layer
    stays INT8.
+4. max pooling modules that run on INT8 values (``graph.quantized_max_pools``) are tried in FP32
+   too, alone and with each set of layers above, timed the same way. Torch's INT8 max pooling
+   is slow on maps of few channels (72 µs a call on the 8- and 16-channel maps of a small
+   detector, where Inductor's FP32 pooling takes 4-8 µs) but not on many: ResNet-18 took twice
+   as long with FP32 pooling at batch 16, which is why it is measured per model, never assumed.
+   Like a layer kept in FP32, it removes a quantization step (the layer before it keeps an FP32
+   output) and adds none.
 
 A layer kept in FP32 only removes quantization error; ``qcli bench`` measures what the package
 really does, per batch size.
@@ -311,23 +318,31 @@ def choose(
         if t.name not in fp32_already
     ]
     candidates = [t for t in choice.layers if t.faster_in_fp32]
-    if not candidates:
+    pools = tuple(graph.quantized_max_pools(int8_graph))
+    if not candidates and not pools:
         choice.verdict = f"every layer INT8: no layer's FP32 kernels take {1 - MARGIN:.0%} of its INT8 ones or less"
         return choice, int8_graph
-    trials = [tuple(t.name for t in candidates)]
-    strong = tuple(
-        t.name for t in candidates if t.fp32_us is not None and t.int8_us and t.fp32_us <= STRONG * t.int8_us
-    )
-    if strong and strong != trials[0]:
-        trials.append(strong)  # the clear wins alone: FP32 layers in between cost conversions
+    trials: list[tuple[str, ...]] = []
+    if candidates:
+        trials.append(tuple(t.name for t in candidates))
+        strong = tuple(
+            t.name for t in candidates if t.fp32_us is not None and t.int8_us and t.fp32_us <= STRONG * t.int8_us
+        )
+        if strong and strong != trials[0]:
+            trials.append(strong)  # the clear wins alone: FP32 layers in between cost conversions
+    if pools:  # INT8 max pooling: fast on many channels, slow on few (see the module's docstring)
+        trials += [pools] + [layers + pools for layers in trials]
     graphs = {}
     for tried in trials:
         graphs[tried] = rebuild(tried)
         choice.attempts.append(Attempt(tried, *compare(int8_fn, compiled(graphs[tried], args), args)))
     best = max((a for a in choice.attempts if a.faster), key=lambda a: a.speedup[0], default=None)
     if best is None:
-        choice.verdict = "every layer INT8: the model was not faster with FP32 layers"
+        choice.verdict = "every layer INT8: the model was not faster with FP32 layers" + (
+            " or pooling" if pools else ""
+        )
         return choice, int8_graph
     choice.fp32_layers = best.fp32_layers
-    choice.verdict = f"{', '.join(best.fp32_layers)} in FP32"
+    named = [f"{name} (max pooling)" if name in pools else name for name in best.fp32_layers]
+    choice.verdict = f"{', '.join(named)} in FP32"
     return choice, graphs[best.fp32_layers]

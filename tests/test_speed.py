@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qcli import api, engine, hardware, speed
+from qcli import api, engine, graph, hardware, speed
 from qcli.artifact import load_artifact, read_metadata
 from qcli.calibrate import identity_track
 from qcli.config import Recipe
@@ -45,12 +45,13 @@ def test_every_layer_kernel_is_found_in_the_compiled_int8_and_fp32_graphs(onet: 
     source = api._from_folder(loaded, onet["calib"], (), options, Recipe(), identity_track)
     plan = SpeedPlan.of(loaded, source.prepared, options, source.samples)
     final = finalize(quantize(source.prepared))
+    assert graph.quantized_max_pools(final) == []  # each pooling follows a PReLU, which stays FP32
     args = engine.first_row_repeated(source.prepared.example, 2)
-    for graph, quantized in ((final, True), (plan.fp32_graph, False)):
-        layers = speed.layers_at(graph, args)
+    for gm, quantized in ((final, True), (plan.fp32_graph, False)):
+        layers = speed.layers_at(gm, args)
         assert [la.name for la in layers] == LAYERS
         assert all(la.quantized is quantized for la in layers)
-        times = speed.kernel_times(speed.compiled(graph, args), args, layers)
+        times = speed.kernel_times(speed.compiled(gm, args), args, layers)
         assert all(t is not None and t > 0 for t in times), list(zip(LAYERS, times, strict=True))
 
 
@@ -106,3 +107,44 @@ def test_each_batch_size_keeps_its_own_layers_in_fp32(onet: dict[str, Path], mon
     described = api.inspect_path(out)
     assert isinstance(described, InspectArtifactReport) and described.compiled_for is not None
     assert described.compiled_for["fp32_for_speed"] == {"1": HEADS}
+
+
+def test_max_pooling_on_int8_values_is_tried_in_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test detector's two max poolings run on INT8 values (torch's INT8 max pooling is slow
+    on its 8- and 16-channel maps): they are found by module, rebuilt in FP32 with the layers
+    still INT8 and the outputs unchanged but for rounding, and kept FP32 when the model is faster
+    so. Fixed timings: no layer is a candidate, the pooling alone decides."""
+    from models import digit_detector
+
+    torch.manual_seed(0)
+    save_file(digit_detector().state_dict(), str(tmp_path / "det.safetensors"))
+    (tmp_path / "calib").mkdir()
+    torch.save(torch.rand(32, 1, 32, 32, generator=torch.Generator().manual_seed(1)), tmp_path / "calib" / "x.pt")
+    loaded = load_model(tmp_path / "det.safetensors", ArchSpec.parse("models:digit_detector"), False, None)
+    options = ConvertOptions(prefer="speed")
+    source = api._from_folder(loaded, tmp_path / "calib", (), options, Recipe(), identity_track)
+    plan = SpeedPlan.of(loaded, source.prepared, options, source.samples)
+    final = finalize(quantize(source.prepared))
+    pools = ["features.3", "features.7"]
+    assert graph.quantized_max_pools(final) == pools
+    rebuilt = plan.rebuild(tuple(pools))
+    args = engine.first_row_repeated(source.prepared.example, 4)
+    assert graph.quantized_max_pools(rebuilt) == []
+    assert all(la.quantized for la in speed.layers_at(rebuilt, args))  # every conv/linear still INT8
+    with torch.no_grad():
+        for a, b in zip(final(*args), rebuilt(*args), strict=True):
+            assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+    def compare(a: object, b: object, args: tuple[torch.Tensor, ...]) -> tuple[float, float, tuple[float, ...]]:
+        fp32_pooling = not graph.quantized_max_pools(b)  # type: ignore[arg-type]
+        return (1.0, 0.8, (1.25, 1.2, 1.3)) if fp32_pooling else (1.0, 1.0, (1.0, 0.95, 1.05))
+
+    monkeypatch.setattr(
+        speed, "kernel_times", lambda fn, args, layers: [50.0 if la.quantized else 80.0 for la in layers]
+    )
+    monkeypatch.setattr(speed, "compare", compare)
+    monkeypatch.setattr(speed, "compiled", lambda gm, args: gm)
+    choice, chosen = speed.choose((4, None), args, final, plan.fp32_graph, plan.rebuild)
+    assert [a.fp32_layers for a in choice.attempts] == [tuple(pools)]
+    assert choice.fp32_layers == tuple(pools) and graph.quantized_max_pools(chosen) == []
+    assert choice.verdict == "features.3 (max pooling), features.7 (max pooling) in FP32"
