@@ -53,6 +53,10 @@ def test_every_layer_kernel_is_found_in_the_compiled_int8_and_fp32_graphs(onet: 
         assert all(la.quantized is quantized for la in layers)
         times = speed.kernel_times(speed.compiled(gm, args), args, layers)
         assert all(t is not None and t > 0 for t in times), list(zip(LAYERS, times, strict=True))
+    # what the decisions are timed on: the graph compiled as a package model, computing what it does
+    with torch.no_grad():
+        for got, want in zip(speed.packaged(final, args)(*args), final(*args), strict=True):
+            assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999
 
 
 def _int8_matmuls(run: object) -> int:
@@ -78,6 +82,7 @@ def test_each_batch_size_keeps_its_own_layers_in_fp32(onet: dict[str, Path], mon
     monkeypatch.setattr(speed, "kernel_times", kernel_times)
     monkeypatch.setattr(speed, "compare", compare)
     monkeypatch.setattr(speed, "compiled", lambda gm, args: gm)  # nothing timed: the graphs as they are
+    monkeypatch.setattr(speed, "packaged", lambda gm, args: gm)
     out = onet["root"] / "speed.pt2"
     report = api.convert_model_file(
         onet["model"], out, calib_dir=onet["calib"], arch=ArchSpec.parse(ARCH),
@@ -144,6 +149,7 @@ def test_max_pooling_on_int8_values_is_tried_in_fp32(tmp_path: Path, monkeypatch
     )
     monkeypatch.setattr(speed, "compare", compare)
     monkeypatch.setattr(speed, "compiled", lambda gm, args: gm)
+    monkeypatch.setattr(speed, "packaged", lambda gm, args: gm)
     choice, chosen = speed.choose((4, None), args, final, plan.fp32_graph, plan.rebuild)
     assert [a.fp32_layers for a in choice.attempts] == [tuple(pools)]
     assert choice.fp32_layers == tuple(pools) and graph.quantized_max_pools(chosen) == []
