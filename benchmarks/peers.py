@@ -34,7 +34,7 @@ and 2 threads:
   ``qcli_int8_load_package`` is the same package loaded with torch's ``load_package`` (weights
   as AOTInductor leaves them). qcli's figure is its fastest variant.
 
-Variants run interleaved (the order rotates every round) after warm-up, for at least 40 rounds
+Variants run interleaved (a new seeded random order every round) after warm-up, for at least 40 rounds
 (batch 1) or 15 (batch 16) and then until qcli's ratio to every peer is known to +-5% (95%
 interval, paired bootstrap over rounds: ``qcli.metrics.ratio_interval``) or 20 s per cell. The
 table shows medians and ratios; a ratio is bold only where its interval excludes 1 (a winner), and
@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from qcli.bench import round_order
 from qcli.demo.model import DigitNet, EfficientNetLite0, MobileNetV2, ONet48, ResNet18, TextEncoder
 from qcli.metrics import median_interval, ratio_interval
 
@@ -250,7 +251,9 @@ def settled(times: dict[str, list[float]]) -> bool:
 def interleaved(
     runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3, block: int = 1
 ) -> dict[str, list[float]]:
-    """Rounds of calls to every runner, the order rotated each round. With ``block`` > 1 each
+    """Rounds of calls to every runner, in a new seeded random order each round (as ``qcli bench``:
+    ``qcli.bench.round_order``; a rotated order kept each runner's predecessor fixed, and two
+    packages of one DigitNet graph measured 0.45 and 0.37 ms at batch 1). With ``block`` > 1 each
     runner is called ``block`` times in a row per round and the round keeps the block's median:
     how ORT's spinning sessions are measured, so that their spinning helps their own next call
     (as in a serving loop) and the block median drops the one call of the next runner that the
@@ -262,7 +265,7 @@ def interleaved(
     times: dict[str, list[float]] = {n: [] for n in names}
     start, r = time.perf_counter(), 0
     while r < rounds or (time.perf_counter() - start < BUDGET and not (r % 5 == 0 and settled(times))):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = round_order(names, r)
         for name in order:
             calls = []
             for _ in range(block):
