@@ -107,6 +107,21 @@ def shape_example(example: tuple[Tensor, ...], specs: list[dict[str, Any]], shap
     return engine.first_row_repeated(at_length(example, specs, n) if n is not None else example, b)
 
 
+# how every package model is compiled (write_package adds the metadata; qcli.speed times its
+# candidates compiled the same way)
+PACKAGE_OPTIONS: dict[str, Any] = {"aot_inductor.package": True, "freezing": True}
+
+
+def package_module(graph: Any, args: tuple[Any, ...]) -> Any:
+    """``graph`` exported for the shape of ``args``, its shape assertions stripped: what
+    AOTInductor compiles into one package model."""
+    import torch
+
+    module = torch.export.export(graph, args).module()
+    graph_helpers.strip_shape_asserts(module)
+    return module
+
+
 def write_package(
     graph: GraphModule,
     example: tuple[Tensor, ...],
@@ -159,11 +174,7 @@ def write_package(
         meta["package_shapes"] = [{"name": name, "batch": b, "length": n} for (b, n), name in names.items()]
     else:  # each model is compiled for the example's shape: a sequence dimension is fixed to its length
         meta["inputs"] = [{**item, "shape": ["batch", *t.shape[1:]]} for item, t in zip(specs, example, strict=False)]
-    options = {
-        "aot_inductor.package": True,
-        "freezing": True,
-        "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)},
-    }
+    options = {**PACKAGE_OPTIONS, "aot_inductor.metadata": {PACKAGE_METADATA_KEY: json.dumps(meta, sort_keys=True)}}
     private.guard_inplace_fusions()  # a fused residual add must never write into the caller's input
     graphs = {shape: g for shape, g in (graphs or {}).items() if g is not graph}
     share_weights = share_weights and len(names) > 1 and not graphs and not graph_helpers.has_conv(graph)
@@ -178,9 +189,7 @@ def write_package(
     ):
         for (b, n), name in names.items():
             args = shape_example(example, specs, (b, n))
-            program = torch.export.export(graphs.get((b, n), graph), args)
-            module = program.module()
-            graph_helpers.strip_shape_asserts(module)
+            module = package_module(graphs.get((b, n), graph), args)
             if default and share_weights:
                 files[name] = private.aot_compile(
                     module, args, {**options, "aot_inductor.package_constants_in_so": False}

@@ -418,23 +418,25 @@ def quantized_max_pools(gm: GraphModule) -> list[str]:
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in pools or not node.args:
             continue
-        owner = list((node.meta.get("nn_module_stack") or {}).values())[-1:]
-        kind = owner[0][1] if owner else ""
-        kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", "")
-        pooling_module = kind.split(".")[-1] in ("MaxPool1d", "MaxPool2d", "MaxPool3d")
+        pooling_module = _owner_class(node).split(".")[-1] in ("MaxPool1d", "MaxPool2d", "MaxPool3d")
         if pooling_module and dequantize_kind(node.args[0]) and module_name(node) not in found:
             found.append(module_name(node))
     return found
 
 
-def _in_conv2d_subclass(node: Any) -> bool:
-    """Whether the node's own module (``nn_module_stack``, a class or its dotted name) is a
-    subclass of ``nn.Conv2d`` rather than ``nn.Conv2d`` itself."""
+def _owner_class(node: Any) -> str:
+    """The dotted class name of the node's own module (``nn_module_stack`` holds a class or its
+    dotted name); "" when the node came from no module."""
     owner = list((node.meta.get("nn_module_stack") or {}).values())[-1:]
     if not owner:
-        return False
+        return ""
     kind = owner[0][1]
-    name = kind if isinstance(kind, str) else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', '')}"
+    return kind if isinstance(kind, str) else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', '')}"
+
+
+def _in_conv2d_subclass(node: Any) -> bool:
+    """Whether the node's own module is a subclass of ``nn.Conv2d`` rather than ``nn.Conv2d`` itself."""
+    name = _owner_class(node)
     return name != "torch.nn.modules.conv.Conv2d" and name.endswith("Conv2d")
 
 

@@ -179,10 +179,11 @@ def compiled(gm: GraphModule, args: tuple[Tensor, ...]) -> Callable[..., Any]:
     the profiler, which sees its kernels (see ``packaged`` for what the timings that decide use)."""
     import torch
 
+    from qcli.artifact import package_module
+
     private.guard_inplace_fusions()
     with torch.no_grad(), engine.quiet():  # as write_package compiles: an export for this shape
-        module = torch.export.export(gm, args).module()
-    graph.strip_shape_asserts(module)
+        module = package_module(gm, args)
     fn = torch.compile(module, dynamic=False)
     # freezing as a config patch: torch.compile(options={"freezing": True}) leaves the INT8 weights as
     # graph inputs in torch 2.13 and fails on onednn.qconv_prepack
@@ -206,11 +207,11 @@ def packaged(gm: GraphModule, args: tuple[Tensor, ...]) -> Callable[..., Any]:
 
     import torch
 
+    from qcli.artifact import PACKAGE_OPTIONS, package_module
+
     private.guard_inplace_fusions()
     with torch.no_grad(), engine.quiet(), tempfile.TemporaryDirectory(prefix="qcli-speed-") as tmp:
-        module = torch.export.export(gm, args).module()
-        graph.strip_shape_asserts(module)
-        files = private.aot_compile(module, args, {"aot_inductor.package": True, "freezing": True})
+        files = private.aot_compile(package_module(gm, args), args, PACKAGE_OPTIONS)
         path = str(Path(tmp) / "model.pt2")
         private.package_aoti(path, {"model": files})
         runner = torch._inductor.aoti_load_package(path)
