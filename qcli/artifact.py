@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qcli import __version__, engine, hardware, private
+from qcli import __version__, engine, hardware, matmul, private
 from qcli import graph as graph_helpers
 from qcli.errors import ArtifactError
 from qcli.files import atomic_output, fix_serialization_id, require_file
@@ -189,7 +189,8 @@ def write_package(
     ):
         for (b, n), name in names.items():
             args = shape_example(example, specs, (b, n))
-            module = package_module(graphs.get((b, n), graph), args)
+            chosen = graphs.get((b, n), graph)
+            module = package_module(chosen, args)
             if default and share_weights:
                 files[name] = private.aot_compile(
                     module, args, {**options, "aot_inductor.package_constants_in_so": False}
@@ -199,7 +200,7 @@ def write_package(
                     shared[name] = plan
                     continue
                 log.debug("package model %s: packed weights differ from the default model's; it keeps its own", name)
-            files[name] = private.aot_compile(module, args, options)
+            files[name] = private.aot_compile(module, args, {**options, **matmul.compile_options(chosen)})
             default = default or dict(compiled)
         private.package_aoti(str(tmp), {name: f for name, f in files.items() if name not in shared})
         if shared:

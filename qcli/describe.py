@@ -132,6 +132,11 @@ def describe_artifact(path: Path) -> InspectArtifactReport:
                 for c in meta.get("speed") or []
                 if c["fp32_layers"]
             },
+            "matmul_for_speed": {
+                f"{c['batch']}x{c['length']}" if c.get("length") else str(c["batch"]): c["matmul_layers"]
+                for c in meta.get("speed") or []
+                if c.get("matmul_layers")
+            },
         }
         if meta["form"] == "package"
         else None,

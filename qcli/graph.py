@@ -72,6 +72,20 @@ def is_linear(node: Node) -> bool:
     return layer_type(node) == "Linear"
 
 
+@functools.cache
+def _quantize_per_tensor_ops() -> frozenset[Any]:
+    import torch
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
+    packet = torch.ops.quantized_decomposed.quantize_per_tensor
+    return frozenset(getattr(packet, overload) for overload in packet.overloads())
+
+
+def is_quantize_per_tensor(node: Node) -> bool:
+    """Whether ``node`` quantizes a tensor to INT8 with one scale and zero point."""
+    return getattr(node, "op", None) == "call_function" and node.target in _quantize_per_tensor_ops()
+
+
 def dequantize_kind(node: Node) -> str | None:
     """``per_tensor`` / ``per_channel`` when ``node`` dequantizes INT8 values; else None."""
     return (

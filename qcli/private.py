@@ -32,10 +32,18 @@ def load_package(path: str, name: str) -> Any:
 
 
 def aot_compile(module: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-    """``torch._inductor.aot_compile``: compile one model of a package."""
+    """``torch._inductor.aot_compile``: compile one model of a package. Under ``max_autotune``
+    Inductor writes a table of its kernel timings to stderr (``select_algorithm.PRINT_AUTOTUNE``);
+    it is turned off meanwhile."""
     import torch._inductor
+    from torch._inductor import select_algorithm
 
-    return torch._inductor.aot_compile(module, args, options=options)
+    printing = select_algorithm.PRINT_AUTOTUNE
+    select_algorithm.PRINT_AUTOTUNE = False
+    try:
+        return torch._inductor.aot_compile(module, args, options=options)
+    finally:
+        select_algorithm.PRINT_AUTOTUNE = printing
 
 
 def package_aoti(path: str, files: dict[str, Any]) -> None:
@@ -208,6 +216,12 @@ def _mkldnn_fusion() -> Any:
     return mkldnn_fusion
 
 
+def _select_algorithm() -> Any:
+    from torch._inductor import select_algorithm
+
+    return select_algorithm
+
+
 def _aot_code_compiler() -> Any:
     from torch._inductor import codecache
 
@@ -237,6 +251,10 @@ SURFACES: dict[str, Callable[[], Any]] = {
         __import__("torch._inductor.package", fromlist=["package_aoti"]).package_aoti
     ),
     "torch._inductor.config.freezing": _has(inductor_config, "freezing"),
+    "torch._inductor.config.max_autotune, its gemm backends and choices stats": _has(
+        inductor_config, "max_autotune", "max_autotune_gemm_backends", "max_autotune_report_choices_stats"
+    ),
+    "torch._inductor.select_algorithm.PRINT_AUTOTUNE": _has(_select_algorithm, "PRINT_AUTOTUNE"),
     "torch._inductor.codecache.AotCodeCompiler.compile": _has(_aot_code_compiler, "compile"),
     "torch._inductor.fx_passes.mkldnn_fusion._qlinear_binary_can_be_inplace": _has(
         _mkldnn_fusion, "_can_be_inplace", "_qlinear_binary_can_be_inplace"

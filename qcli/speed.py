@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from qcli import engine, graph, hardware, metrics, private
+from qcli import engine, graph, hardware, matmul, metrics, private
 
 if TYPE_CHECKING:  # torch is imported when a function runs, never when qcli is imported
     from torch import Tensor
@@ -104,12 +104,15 @@ def _round(value: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One whole-model comparison: the graph with ``fp32_layers`` in FP32 against all INT8."""
+    """One whole-model comparison against the all-INT8 package model: the graph with
+    ``fp32_layers`` in FP32, or with the convolutions ``matmul_layers`` as INT8 matrix products
+    (``qcli.matmul``)."""
 
     fp32_layers: tuple[str, ...]
     int8_ms: float  # median per call
     mixed_ms: float
     speedup: tuple[float, float, float]  # int8_ms / mixed_ms with its 95% interval
+    matmul_layers: tuple[str, ...] = ()
 
     @property
     def faster(self) -> bool:
@@ -119,6 +122,7 @@ class Attempt:
         value, low, high = self.speedup
         return {
             "fp32_layers": list(self.fp32_layers),
+            "matmul_layers": list(self.matmul_layers),
             "int8_ms": _round3(self.int8_ms),
             "mixed_ms": _round3(self.mixed_ms),
             "speedup": {"value": round(value, 4), "low": round(low, 4), "high": round(high, 4)},
@@ -134,6 +138,7 @@ class ShapeChoice:
     layers: list[LayerTime] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     fp32_layers: tuple[str, ...] = ()  # what this shape's model keeps in FP32 (beyond --exclude)
+    matmul_layers: tuple[str, ...] = ()  # its convolutions computed as INT8 matrix products
     verdict: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +146,7 @@ class ShapeChoice:
             "batch": self.batch,
             "length": self.length,
             "fp32_layers": list(self.fp32_layers),
+            "matmul_layers": list(self.matmul_layers),
             "verdict": self.verdict,
             "attempts": [a.to_dict() for a in self.attempts],
             "layers": [t.to_dict() for t in self.layers],
@@ -211,7 +217,7 @@ def packaged(gm: GraphModule, args: tuple[Tensor, ...]) -> Callable[..., Any]:
 
     private.guard_inplace_fusions()
     with torch.no_grad(), engine.quiet(), tempfile.TemporaryDirectory(prefix="qcli-speed-") as tmp:
-        files = private.aot_compile(package_module(gm, args), args, PACKAGE_OPTIONS)
+        files = private.aot_compile(package_module(gm, args), args, {**PACKAGE_OPTIONS, **matmul.compile_options(gm)})
         path = str(Path(tmp) / "model.pt2")
         private.package_aoti(path, {"model": files})
         runner = torch._inductor.aoti_load_package(path)
@@ -330,28 +336,24 @@ def choose(
     rebuild: Rebuild,
 ) -> tuple[ShapeChoice, Any]:
     """Measure one shape (see the module's docstring); returns the choice and the graph to compile
-    for it (``int8_graph`` unless the FP32 mix won). Layers FP32 already (``--exclude``) are
-    left out."""
+    for it (``int8_graph`` unless a variant won). Layers FP32 already (``--exclude``) are left out."""
     choice = ShapeChoice(shape[0], shape[1])
     int8_fn = compiled(int8_graph, args)
     fp32_fn = compiled(fp32_graph, args)
     int8_layers, fp32_layers = layers_at(int8_graph, args), layers_at(fp32_graph, args)
-    if [la.name for la in int8_layers] != [la.name for la in fp32_layers]:
-        choice.verdict = "every layer INT8: the FP32 and INT8 graphs' layers differ, so they were not compared"
-        return choice, int8_graph
-    fp32_already = {la.name for la in int8_layers if not la.quantized}
-    choice.layers = [
-        t
-        for t in per_module(
-            int8_layers, kernel_times(int8_fn, args, int8_layers), kernel_times(fp32_fn, args, fp32_layers)
-        )
-        if t.name not in fp32_already
-    ]
-    candidates = [t for t in choice.layers if t.faster_in_fp32]
-    pools = tuple(graph.quantized_max_pools(int8_graph))
-    if not candidates and not pools:
-        choice.verdict = f"every layer INT8: no layer's FP32 kernels take {1 - MARGIN:.0%} of its INT8 ones or less"
-        return choice, int8_graph
+    comparable = [la.name for la in int8_layers] == [la.name for la in fp32_layers]
+    candidates: list[LayerTime] = []
+    if comparable:
+        fp32_already = {la.name for la in int8_layers if not la.quantized}
+        choice.layers = [
+            t
+            for t in per_module(
+                int8_layers, kernel_times(int8_fn, args, int8_layers), kernel_times(fp32_fn, args, fp32_layers)
+            )
+            if t.name not in fp32_already
+        ]
+        candidates = [t for t in choice.layers if t.faster_in_fp32]
+    pools = tuple(graph.quantized_max_pools(int8_graph)) if comparable else ()
     trials: list[tuple[str, ...]] = []
     if candidates:
         trials.append(tuple(t.name for t in candidates))
@@ -362,18 +364,53 @@ def choose(
             trials.append(strong)  # the clear wins alone: FP32 layers in between cost conversions
     if pools:  # INT8 max pooling: fast on many channels, slow on few (see the module's docstring)
         trials += [pools] + [layers + pools for layers in trials]
-    graphs = {}
-    int8_package = packaged(int8_graph, args)
-    for tried in trials:
-        graphs[tried] = rebuild(tried)
-        choice.attempts.append(Attempt(tried, *compare(int8_package, packaged(graphs[tried], args), args)))
-    best = max((a for a in choice.attempts if a.faster), key=lambda a: a.speedup[0], default=None)
-    if best is None:
-        choice.verdict = "every layer INT8: the model was not faster with FP32 layers" + (
-            " or pooling" if pools else ""
+    variants = matmul_variants(int8_graph, shape[0])
+    if not trials and not variants:
+        choice.verdict = (
+            "every layer INT8: the FP32 and INT8 graphs' layers differ, so they were not compared"
+            if not comparable
+            else f"every layer INT8: no layer's FP32 kernels take {1 - MARGIN:.0%} of its INT8 ones or less"
         )
         return choice, int8_graph
-    choice.fp32_layers = best.fp32_layers
-    named = [f"{name} (max pooling)" if name in pools else name for name in best.fp32_layers]
-    choice.verdict = f"{', '.join(named)} in FP32"
-    return choice, graphs[best.fp32_layers]
+    graphs = []
+    int8_package = packaged(int8_graph, args)
+    for tried in trials:
+        graphs.append(rebuild(tried))
+        choice.attempts.append(Attempt(tried, *compare(int8_package, packaged(graphs[-1], args), args)))
+    for lowered, names in variants:
+        graphs.append(lowered)
+        choice.attempts.append(Attempt((), *compare(int8_package, packaged(lowered, args), args), names))
+    faster = [i for i, a in enumerate(choice.attempts) if a.faster]
+    if not faster:
+        tried_what = ["FP32 layers"] * bool(candidates) + ["FP32 pooling"] * bool(pools)
+        tried_what += ["convolutions as INT8 matrix products"] * bool(variants)
+        choice.verdict = f"every layer INT8: the model was not faster with {' or '.join(tried_what)}"
+        return choice, int8_graph
+    best = max(faster, key=lambda i: choice.attempts[i].speedup[0])
+    won = choice.attempts[best]
+    choice.fp32_layers, choice.matmul_layers = won.fp32_layers, won.matmul_layers
+    choice.verdict = describe(won, pools)
+    return choice, graphs[best]
+
+
+def matmul_variants(gm: GraphModule, batch: int) -> list[tuple[Any, tuple[str, ...]]]:
+    """``gm`` with its convolutions as INT8 matrix products, for each of ``matmul.SCOPES`` that
+    rewrites a different set of them (none when no convolution qualifies)."""
+    out: list[tuple[Any, tuple[str, ...]]] = []
+    for scope in matmul.SCOPES:
+        lowered, names = matmul.convs_as_matmuls(gm, scope, batch)
+        if names and all(tuple(names) != seen for _, seen in out):
+            out.append((lowered, tuple(names)))
+    return out
+
+
+def describe(attempt: Attempt | dict[str, Any], pools: tuple[str, ...] = ()) -> str:
+    """What a variant changes: ``fc FP32``, ``9 convolutions as INT8 matrix products``, ..."""
+    fp32 = attempt["fp32_layers"] if isinstance(attempt, dict) else attempt.fp32_layers
+    products = attempt.get("matmul_layers", []) if isinstance(attempt, dict) else attempt.matmul_layers
+    parts = []
+    if fp32:
+        parts.append(", ".join(f"{name} (max pooling)" if name in pools else name for name in fp32) + " in FP32")
+    if products:
+        parts.append(f"{len(products)} convolution{'s' * (len(products) != 1)} as INT8 matrix products")
+    return "; ".join(parts)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qcli import api, engine, graph, hardware, speed
+from qcli import api, engine, graph, hardware, matmul, speed
 from qcli.artifact import load_artifact, read_metadata
 from qcli.calibrate import identity_track
 from qcli.config import Recipe
@@ -77,7 +77,8 @@ def test_each_batch_size_keeps_its_own_layers_in_fp32(onet: dict[str, Path], mon
         return [100.0 if la.quantized else (10.0 if la.name in HEADS else 500.0) for la in layers]
 
     def compare(a: object, b: object, args: tuple[torch.Tensor, ...]) -> tuple[float, float, tuple[float, ...]]:
-        return (1.0, 0.5, (2.0, 1.8, 2.2)) if args[0].shape[0] == 1 else (1.0, 1.1, (0.91, 0.85, 0.97))
+        heads_at_1 = args[0].shape[0] == 1 and not matmul.compile_options(b)  # products: tests/test_matmul.py
+        return (1.0, 0.5, (2.0, 1.8, 2.2)) if heads_at_1 else (1.0, 1.1, (0.91, 0.85, 0.97))
 
     monkeypatch.setattr(speed, "kernel_times", kernel_times)
     monkeypatch.setattr(speed, "compare", compare)
@@ -91,7 +92,10 @@ def test_each_batch_size_keeps_its_own_layers_in_fp32(onet: dict[str, Path], mon
     assert report.speed is not None
     at1, at4 = report.speed
     assert (at1["batch"], at1["fp32_layers"], at1["verdict"]) == (1, HEADS, "score, box, landmarks in FP32")
-    assert [a["fp32_layers"] for a in at1["attempts"]] == [HEADS]
+    assert [a["fp32_layers"] for a in at1["attempts"]] == [HEADS, [], [], []]
+    # then the convolutions as INT8 matrix products: all four, those of at most 1024 and 256 rows
+    convs = LAYERS[:4]
+    assert [a["matmul_layers"] for a in at1["attempts"]] == [[], convs, convs[1:], convs[2:]]
     assert (at4["batch"], at4["fp32_layers"]) == (4, [])
     assert at4["verdict"].startswith("every layer INT8") and at4["attempts"][0]["speedup"]["value"] == 0.91
     assert [t["name"] for t in at1["layers"]] == LAYERS
@@ -151,6 +155,6 @@ def test_max_pooling_on_int8_values_is_tried_in_fp32(tmp_path: Path, monkeypatch
     monkeypatch.setattr(speed, "compiled", lambda gm, args: gm)
     monkeypatch.setattr(speed, "packaged", lambda gm, args: gm)
     choice, chosen = speed.choose((4, None), args, final, plan.fp32_graph, plan.rebuild)
-    assert [a.fp32_layers for a in choice.attempts] == [tuple(pools)]
+    assert [a.fp32_layers for a in choice.attempts if not a.matmul_layers] == [tuple(pools)]
     assert choice.fp32_layers == tuple(pools) and graph.quantized_max_pools(chosen) == []
     assert choice.verdict == "features.3 (max pooling), features.7 (max pooling) in FP32"

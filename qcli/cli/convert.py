@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -314,14 +314,17 @@ def show(report: ConvertReport, format: OutputFormat) -> None:
         render.emit(speed_tables, speed_lines, "table")
     for name, out in report.outputs.items():
         render.say(f"wrote {out.path} ({name}, {tables.fmt_bytes(out.size_bytes)})")
-    for_speed = "; ".join(
-        f"batch {s['batch']}" + (f"x{s['length']}" if s.get("length") else "") + f": {', '.join(s['fp32_layers'])}"
-        for s in report.speed or []
-        if s["fp32_layers"]
-    )
+
+    def at(s: dict[str, Any]) -> str:
+        return f"batch {s['batch']}" + (f"x{s['length']}" if s.get("length") else "")
+
+    shapes = report.speed or []
+    for_speed = "; ".join(f"{at(s)}: {', '.join(s['fp32_layers'])}" for s in shapes if s["fp32_layers"])
+    products = "; ".join(f"{at(s)}: {len(s['matmul_layers'])}" for s in shapes if s.get("matmul_layers"))
     render.say(
         f"{report.quantized_layers} of {len(report.layers)} conv/linear layers INT8 ({report.mode})"
         + (f", kept FP32 for speed at {for_speed}" if for_speed else "")
+        + (f", convolutions as INT8 matrix products at {products}" if products else "")
         + f"; model file was {tables.fmt_bytes(report.model.size_bytes)}"
     )
     if report.saved_config:

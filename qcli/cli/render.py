@@ -150,6 +150,8 @@ def artifact_tables(report: dict[str, Any]) -> tuple[list[Table], list[str]]:
             summary.append(["weights shared", f"{', '.join(shared)} read the default model's (qcli's loader only)"])
         for shape, names in (report["compiled_for"].get("fp32_for_speed") or {}).items():
             summary.append([f"FP32 for speed at {shape}", ", ".join(names)])
+        for shape, names in (report["compiled_for"].get("matmul_for_speed") or {}).items():
+            summary.append([f"INT8 matrix products at {shape}", ", ".join(names)])
     layers = [
         [
             la["name"],
@@ -258,7 +260,9 @@ def per_layer_table(rows: list[dict[str, Any]] | None, suggested: list[str]) -> 
 
 def speed_table(shapes: list[dict[str, Any]]) -> tuple[list[Table], list[str]]:
     """``--prefer speed``: each layer's kernel time per compiled shape (INT8 / FP32 µs, ``*`` where
-    the shape keeps it FP32), and a line per shape with what was chosen and why."""
+    the shape keeps it FP32, ``mm`` where it computes it as an INT8 matrix product), and a line per
+    shape with what was chosen and why."""
+    from qcli import speed
 
     def label(shape: dict[str, Any]) -> str:
         return f"batch {shape['batch']}" + (f" x {shape['length']}" if shape.get("length") else "")
@@ -270,18 +274,23 @@ def speed_table(shapes: list[dict[str, Any]]) -> tuple[list[Table], list[str]]:
         for shape in shapes:
             t = next((t for t in shape["layers"] if t["name"] == name), None)
             cell = "" if t is None else f"{fmt(t['int8_us'], 0)} / {fmt(t['fp32_us'], 0)}"
-            row.append(cell + (" *" if name in shape["fp32_layers"] else ""))
+            row.append(
+                cell
+                + (" *" if name in shape["fp32_layers"] else "")
+                + (" mm" if name in shape.get("matmul_layers", []) else "")
+            )
         rows.append(row)
     headers = ["layer", *(f"{label(s)}: INT8 / FP32 µs" for s in shapes)]
     lines = []
     for shape in shapes:
         tried = [
-            f"{', '.join(a['fp32_layers'])} FP32: {a['speedup']['value']:.2f}x [{a['speedup']['low']:.2f}, "
+            f"{speed.describe(a)}: {a['speedup']['value']:.2f}x [{a['speedup']['low']:.2f}, "
             f"{a['speedup']['high']:.2f}] ({a['int8_ms']:.3f} -> {a['mixed_ms']:.3f} ms)"
             for a in shape["attempts"]
         ]
         lines.append(f"{label(shape)}: {shape['verdict']}" + (f" ({'; '.join(tried)})" if tried else ""))
-    return [Table("--prefer speed: kernel time per call (* kept FP32)", headers, rows)], lines
+    title = "--prefer speed: kernel time per call (* kept FP32, mm as an INT8 matrix product)"
+    return [Table(title, headers, rows)], lines
 
 
 def say(line: str) -> None:
