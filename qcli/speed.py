@@ -412,5 +412,8 @@ def describe(attempt: Attempt | dict[str, Any], pools: tuple[str, ...] = ()) -> 
     if fp32:
         parts.append(", ".join(f"{name} (max pooling)" if name in pools else name for name in fp32) + " in FP32")
     if products:
-        parts.append(f"{len(products)} convolution{'s' * (len(products) != 1)} as INT8 matrix products")
+        n = len(products)
+        parts.append(
+            f"{n} convolutions as INT8 matrix products" if n > 1 else "1 convolution as an INT8 matrix product"
+        )
     return "; ".join(parts)
