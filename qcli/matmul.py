@@ -33,6 +33,7 @@ loses with all of them (6.1 against 4.5 ms).
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from qcli import engine, graph
@@ -48,7 +49,8 @@ COMPILE_OPTIONS: dict[str, Any] = {
     "max_autotune_gemm_backends": "CPP,ATEN",
     "max_autotune_report_choices_stats": False,
 }
-META_KEY = "qcli_compile_options"  # GraphModule.meta entry: extra compile options for its package model
+META_KEY = "qcli_compile_options"
+SHAPE_KEY = "qcli_shape"  # Node.meta entry: the shape of a rewritten convolution's result  # GraphModule.meta entry: extra compile options for its package model
 
 # the convolutions rewritten: None (all eligible) or at most this many output rows per call
 # (batch x output height x width); a product's rows are a copy of the input per kernel tap
@@ -96,17 +98,23 @@ def eligible(gm: GraphModule, batch: int | None = None) -> list[tuple[Node, int 
 
 
 def convs_as_matmuls(
-    gm: GraphModule, max_rows: int | None = None, batch: int | None = None
+    gm: GraphModule, max_rows: int | None = None, batch: int | None = None, only: Collection[str] | None = None
 ) -> tuple[GraphModule, list[str]]:
     """A copy of ``gm`` with its eligible convolutions (those of at most ``max_rows`` output rows
-    at batch size ``batch``; all with None) as INT8 matrix products, marked to compile with
-    ``COMPILE_OPTIONS``; and the module names of the convolutions rewritten (none: the copy is
-    ``gm`` unchanged)."""
-    if max_rows is not None and not any(rows is not None and rows <= max_rows for _, rows in eligible(gm, batch)):
+    at batch size ``batch``, all with None; of the modules ``only`` if given) as INT8 matrix
+    products, marked to compile with ``COMPILE_OPTIONS``; and the module names of the
+    convolutions rewritten (none: ``gm`` itself is returned)."""
+
+    def wanted(node: Node, rows: int | None) -> bool:
+        if only is not None and graph.module_name(node) not in only:
+            return False
+        return max_rows is None or (rows is not None and rows <= max_rows)
+
+    if not any(wanted(node, rows) for node, rows in eligible(gm, batch)):
         return gm, []
     with engine.quiet():  # copying a GraphModule warns about torch's own pytree specs
         out = copy.deepcopy(gm)
-    chosen = [n for n, rows in eligible(out, batch) if max_rows is None or (rows is not None and rows <= max_rows)]
+    chosen = [node for node, rows in eligible(out, batch) if wanted(node, rows)]
     names, replaced = [], set()
     for i, node in enumerate(chosen):
         names.append(graph.module_name(node))
@@ -162,6 +170,7 @@ def _rewrite(gm: GraphModule, node: Node, weight_name: str) -> str:
     with g.inserting_before(last):
         back = g.call_function(aten.reshape.default, (moved, [-1, ho, wo, out_ch]))
         back = g.call_function(aten.permute.default, (back, [0, 3, 1, 2]))
+    back.meta[SHAPE_KEY] = tuple(node.meta["val"].shape)  # for the rewrites after this one
     last.replace_all_uses_with(back)
     g.eliminate_dead_code()
     return str(w_attr.target)
@@ -193,8 +202,8 @@ def _move_epilogue(gm: GraphModule, conv: Node, product: Node, channels: int) ->
                 step = g.call_function(aten.prelu.default, (new, rest[0]))  # rows: channels are dim 1
             elif op is aten.add.Tensor and len(user.args) == 2 and not user.kwargs:
                 other = user.args[1] if user.args[0] is old else user.args[0]
-                value = getattr(other, "meta", {}).get("val")
-                if other is old or value is None or tuple(value.shape[1:]) != shape:
+                value = _shape(gm, other)
+                if other is old or value is None or value[1:] != shape:
                     break
                 other = g.call_function(aten.permute.default, (other, [0, 2, 3, 1]))
                 other = g.call_function(aten.reshape.default, (other, [-1, channels]))
@@ -210,7 +219,15 @@ def _move_epilogue(gm: GraphModule, conv: Node, product: Node, channels: int) ->
 
 
 def _shape(gm: GraphModule, node: Any) -> tuple[int, ...] | None:
+    """A node's shape: from its recorded value, else (the quantize/dequantize steps PT2E inserts
+    record none) from what it quantizes or dequantizes."""
     if getattr(node, "op", None) == "get_attr":
         return tuple(graph.get_attr(gm, node.target).shape)
+    if SHAPE_KEY in getattr(node, "meta", {}):
+        return tuple(node.meta[SHAPE_KEY])
     value = getattr(node, "meta", {}).get("val")
-    return tuple(value.shape) if value is not None else None
+    if value is not None:
+        return tuple(value.shape)
+    if graph.is_quantize_per_tensor(node) or graph.dequantize_kind(node) is not None:
+        return _shape(gm, node.args[0])
+    return None

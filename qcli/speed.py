@@ -23,6 +23,10 @@ in INT8, 5 µs in FP32). For each shape the package is compiled for:
    as long with FP32 pooling at batch 16, which is why it is measured per model, never assumed.
    Like a layer kept in FP32, it removes a quantization step (the layer before it keeps an FP32
    output) and adds none.
+5. the convolutions as INT8 matrix products (``qcli.matmul``: no oneDNN convolution set-up per
+   call), all of them and those of at most 1024 and 256 output rows (``matmul.SCOPES``), each
+   timed the same way; when an FP32 mix and a products variant both won, the best of each
+   together is timed too. The fastest variant faster with 95% confidence wins.
 
 A layer kept in FP32 only removes quantization error; ``qcli bench`` measures what the package
 really does, per batch size.
@@ -30,6 +34,7 @@ really does, per batch size.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -47,6 +52,8 @@ STRONG = 0.5  # ... and a clear one at most half: tried alone when all candidate
 PROFILED_CALLS = 30
 ROUNDS = 30  # interleaved rounds of the whole-model comparison
 ROUND_SECONDS = 0.004  # each round times enough calls of each graph to last about this long
+
+log = logging.getLogger(__name__)
 
 Shape = tuple[int, int | None]  # (batch size, sequence length or None), as artifact.write_package
 
@@ -140,6 +147,7 @@ class ShapeChoice:
     fp32_layers: tuple[str, ...] = ()  # what this shape's model keeps in FP32 (beyond --exclude)
     matmul_layers: tuple[str, ...] = ()  # its convolutions computed as INT8 matrix products
     verdict: str = ""
+    errors: list[str] = field(default_factory=list)  # variants torch failed to compile
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +156,7 @@ class ShapeChoice:
             "fp32_layers": list(self.fp32_layers),
             "matmul_layers": list(self.matmul_layers),
             "verdict": self.verdict,
+            "errors": list(self.errors),
             "attempts": [a.to_dict() for a in self.attempts],
             "layers": [t.to_dict() for t in self.layers],
         }
@@ -372,15 +381,37 @@ def choose(
             else f"every layer INT8: no layer's FP32 kernels take {1 - MARGIN:.0%} of its INT8 ones or less"
         )
         return choice, int8_graph
-    graphs = []
+    graphs: list[Any] = []
     int8_package = packaged(int8_graph, args)
+
+    def timed(candidate: Any, fp32: tuple[str, ...], products: tuple[str, ...]) -> None:
+        """Time ``candidate`` against all-INT8; one that torch fails to compile is left out (its
+        error recorded): the variants are optional, the all-INT8 package is not."""
+        try:
+            run = packaged(candidate, args)
+        except Exception as exc:  # torch's compile of a variant: report it, keep going without it
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            label = describe(Attempt(fp32, 0.0, 0.0, (0.0, 0.0, 0.0), products), pools)
+            choice.errors.append(f"{label}: not compiled ({type(exc).__name__}: {first})")
+            log.debug("--prefer speed: %s failed to compile", label, exc_info=True)
+            return
+        graphs.append(candidate)
+        choice.attempts.append(Attempt(fp32, *compare(int8_package, run, args), products))
+
     for tried in trials:
-        graphs.append(rebuild(tried))
-        choice.attempts.append(Attempt(tried, *compare(int8_package, packaged(graphs[-1], args), args)))
+        timed(rebuild(tried), tried, ())
     for lowered, names in variants:
-        graphs.append(lowered)
-        choice.attempts.append(Attempt((), *compare(int8_package, packaged(lowered, args), args), names))
+        timed(lowered, (), names)
     faster = [i for i, a in enumerate(choice.attempts) if a.faster]
+    mixes = [i for i in faster if choice.attempts[i].fp32_layers]
+    products = [i for i in faster if choice.attempts[i].matmul_layers]
+    if mixes and products:  # both kinds won alone: the best of each together
+        mix = max(mixes, key=lambda i: choice.attempts[i].speedup[0])
+        wanted = choice.attempts[max(products, key=lambda i: choice.attempts[i].speedup[0])].matmul_layers
+        both, combined = matmul.convs_as_matmuls(graphs[mix], None, shape[0], wanted)
+        if combined:
+            timed(both, choice.attempts[mix].fp32_layers, tuple(combined))
+            faster = [i for i, a in enumerate(choice.attempts) if a.faster]
     if not faster:
         tried_what = ["FP32 layers"] * bool(candidates) + ["FP32 pooling"] * bool(pools)
         tried_what += ["convolutions as INT8 matrix products"] * bool(variants)

@@ -289,6 +289,7 @@ def speed_table(shapes: list[dict[str, Any]]) -> tuple[list[Table], list[str]]:
             for a in shape["attempts"]
         ]
         lines.append(f"{label(shape)}: {shape['verdict']}" + (f" ({'; '.join(tried)})" if tried else ""))
+        lines += [f"{label(shape)}: {error}" for error in shape.get("errors") or []]
     title = "--prefer speed: kernel time per call (* kept FP32, mm as an INT8 matrix product)"
     return [Table(title, headers, rows)], lines
 
