@@ -277,7 +277,8 @@ def measure(arch: Arch, mode: str, model: Path, extra: list[str], work: Path) ->
         names = {layer["name"] for layer in report["layers"]}
         row["fp32_for_speed"] = {
             str(s["batch"]): {"layers": [n for n in s["fp32_layers"] if n in names],
-                              "other": [n for n in s["fp32_layers"] if n not in names]}
+                              "other": [n for n in s["fp32_layers"] if n not in names],
+                              "products": list(s.get("matmul_layers") or [])}
             for s in report["speed"]
         }  # fmt: skip
     proc = qcli("bench", model, out, *extra, "--eval-dir", "samples", "--batch-sizes", "1,16", "--time-budget",
@@ -309,7 +310,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         layers = f"{r['int8_layers']} of {r['layers']}" if "layers" in r else "-"
         for batch, kept in (r.get("fp32_for_speed") or {}).items():  # the layers each batch size keeps FP32
             pools = f" + {len(kept['other'])} poolings" if kept["other"] else ""
-            layers += f"; b{batch}: {len(kept['layers'])} FP32{pools}"
+            products = f", {len(kept['products'])} convs as products" if kept.get("products") else ""
+            layers += f"; b{batch}: {len(kept['layers'])} FP32{pools}{products}"
         size = f"{r['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in r else "-"
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
         sqnr = ("identical" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}") if "sqnr_db" in r else "-"
