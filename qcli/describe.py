@@ -127,16 +127,8 @@ def describe_artifact(path: Path) -> InspectArtifactReport:
             if meta.get("package_shapes")
             else [str(b) for b in sorted(int(b) for b in meta["package_models"])],
             "shared_weights": shared_models(path),
-            "fp32_for_speed": {
-                f"{c['batch']}x{c['length']}" if c.get("length") else str(c["batch"]): c["fp32_layers"]
-                for c in meta.get("speed") or []
-                if c["fp32_layers"]
-            },
-            "matmul_for_speed": {
-                f"{c['batch']}x{c['length']}" if c.get("length") else str(c["batch"]): c["matmul_layers"]
-                for c in meta.get("speed") or []
-                if c.get("matmul_layers")
-            },
+            "fp32_for_speed": _per_speed_shape(meta, "fp32_layers"),
+            "matmul_for_speed": _per_speed_shape(meta, "matmul_layers"),
         }
         if meta["form"] == "package"
         else None,
@@ -146,3 +138,12 @@ def describe_artifact(path: Path) -> InspectArtifactReport:
         suggested_exclude=meta.get("suggested_exclude") or [],
         cpu=cpu_info(),
     )
+
+
+def _per_speed_shape(meta: dict[str, Any], key: str) -> dict[str, list[str]]:
+    """``--prefer speed``: compiled shape ("1", "16x128") -> its ``key`` list, where not empty."""
+    return {
+        f"{c['batch']}x{c['length']}" if c.get("length") else str(c["batch"]): c[key]
+        for c in meta.get("speed") or []
+        if c.get(key)
+    }

@@ -20,7 +20,8 @@ VNNI micro-kernels where the CPU has them) and times it against oneDNN's, keepin
    viewed back as (N, C, H, W) (channels-last strides).
 
 The arithmetic is the convolution's: the same INT8 values, weights, scales and zero points,
-int32 accumulation; eager outputs of the rewritten graph equal the original's exactly (tested).
+int32 accumulation. Run eagerly, the rewritten graph differs from the original only by the order
+its FP32 sums are added in (tests: cosine above 0.9999 on five architectures).
 Whether it is faster depends on the model and the batch size, so ``qcli.speed`` measures the
 rewritten package model against the plain one per batch size and keeps the faster only with 95%
 confidence. DigitNet, 2-core Xeon with AMX, same process: batch 1 0.14 against 0.36 ms, batch 16
@@ -49,8 +50,8 @@ COMPILE_OPTIONS: dict[str, Any] = {
     "max_autotune_gemm_backends": "CPP,ATEN",
     "max_autotune_report_choices_stats": False,
 }
-META_KEY = "qcli_compile_options"
-SHAPE_KEY = "qcli_shape"  # Node.meta entry: the shape of a rewritten convolution's result  # GraphModule.meta entry: extra compile options for its package model
+META_KEY = "qcli_compile_options"  # GraphModule.meta entry: extra compile options for its package model
+SHAPE_KEY = "qcli_shape"  # Node.meta entry: the shape of a rewritten convolution's result
 
 # the convolutions rewritten: None (all eligible) or at most this many output rows per call
 # (batch x output height x width); a product's rows are a copy of the input per kernel tap
@@ -115,19 +116,16 @@ def convs_as_matmuls(
     with engine.quiet():  # copying a GraphModule warns about torch's own pytree specs
         out = copy.deepcopy(gm)
     chosen = [node for node, rows in eligible(out, batch) if wanted(node, rows)]
-    names, replaced = [], set()
-    for i, node in enumerate(chosen):
-        names.append(graph.module_name(node))
-        replaced.add(_rewrite(out, node, f"_qcli_matmul_weight_{i}"))
-    if names:
-        out.graph.eliminate_dead_code()
-        # the convolutions' own INT8 weights go: left behind, they can collide with the names
-        # Inductor's freezing gives constants (``_frozen_param<i>``), which mixed up two weights
-        used = {n.target for n in out.graph.nodes if n.op == "get_attr"}
-        for name in replaced - used:
-            delattr(out, name)
-        out.recompile()
-        out.meta[META_KEY] = dict(COMPILE_OPTIONS)
+    names = [graph.module_name(node) for node in chosen]
+    replaced = {_rewrite(out, node, f"_qcli_matmul_weight_{i}") for i, node in enumerate(chosen)}
+    # the convolutions' own INT8 weights go (each rewrite removed its dead nodes): left behind, they
+    # can collide with the names Inductor's freezing gives constants (``_frozen_param<i>``), which
+    # mixed up two weights
+    used = {n.target for n in out.graph.nodes if n.op == "get_attr"}
+    for name in replaced - used:
+        delattr(out, name)
+    out.recompile()
+    out.meta[META_KEY] = dict(COMPILE_OPTIONS)
     return out, names
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -391,7 +391,7 @@ def choose(
             run = packaged(candidate, args)
         except Exception as exc:  # torch's compile of a variant: report it, keep going without it
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            label = describe(Attempt(fp32, 0.0, 0.0, (0.0, 0.0, 0.0), products), pools)
+            label = describe(fp32, products, pools)
             choice.errors.append(f"{label}: not compiled ({type(exc).__name__}: {first})")
             log.debug("--prefer speed: %s failed to compile", label, exc_info=True)
             return
@@ -420,7 +420,7 @@ def choose(
     best = max(faster, key=lambda i: choice.attempts[i].speedup[0])
     won = choice.attempts[best]
     choice.fp32_layers, choice.matmul_layers = won.fp32_layers, won.matmul_layers
-    choice.verdict = describe(won, pools)
+    choice.verdict = describe(won.fp32_layers, won.matmul_layers, pools)
     return choice, graphs[best]
 
 
@@ -435,10 +435,8 @@ def matmul_variants(gm: GraphModule, batch: int) -> list[tuple[Any, tuple[str, .
     return out
 
 
-def describe(attempt: Attempt | dict[str, Any], pools: tuple[str, ...] = ()) -> str:
-    """What a variant changes: ``fc FP32``, ``9 convolutions as INT8 matrix products``, ..."""
-    fp32 = attempt["fp32_layers"] if isinstance(attempt, dict) else attempt.fp32_layers
-    products = attempt.get("matmul_layers", []) if isinstance(attempt, dict) else attempt.matmul_layers
+def describe(fp32: Sequence[str], products: Sequence[str], pools: Sequence[str] = ()) -> str:
+    """What a variant changes: ``fc in FP32``, ``9 convolutions as INT8 matrix products``, ..."""
     parts = []
     if fp32:
         parts.append(", ".join(f"{name} (max pooling)" if name in pools else name for name in fp32) + " in FP32")
