@@ -9,6 +9,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the suite in two processes (pytest-xdist), a test file's tests in one of them; PARALLEL= runs it in one
+PARALLEL ?= -n 2 --dist loadfile
 QCLI   := $(BIN)/qcli
 DEMO_OUT  := demo-out
 DEMO      := qcli/demo
@@ -48,11 +50,11 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 
 test: install chromium
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q $(PARALLEL)
 
 
 test-all: install chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PARALLEL)
 
 # a longer property-based campaign than the one in `make test`
 fuzz: install

@@ -138,9 +138,15 @@ def test_bench_baseline_catches_a_regression(tmp_path, bench_run, demo_artifacts
     assert proc.returncode == 3, proc.stderr
     report = json.loads(proc.stdout)
     validate(report)
-    regressed = {r["figure"] for r in report["baseline"]["comparisons"] if r["regressed"]}
-    assert {"int8 p50 ms at batch 16", "int8 top-1 %"} <= regressed, (report["baseline"], report["latency"])
-    assert "int8 p50 ms at batch 16 rose" in proc.stderr and "int8 top-1 % fell 2.00 points" in proc.stderr
+    rows = {r["figure"]: r for r in report["baseline"]["comparisons"]}
+    assert rows["int8 top-1 %"]["regressed"] and "int8 top-1 % fell 2.00 points" in proc.stderr
+    # a latency measured while another program used the CPU (the suite's other worker) decides
+    # nothing; measured quietly, 100 times slower is a regression
+    latency = rows["int8 p50 ms at batch 16"]
+    if (report["latency"][0].get("noise") or {}).get("disturbed"):
+        assert latency["verdict"] == "inconclusive" and not latency["regressed"], report["baseline"]
+    else:
+        assert latency["regressed"] and "int8 p50 ms at batch 16 rose" in proc.stderr, report["baseline"]
 
 
 def test_bad_baseline_is_a_clear_error(tmp_path, demo_artifacts):
