@@ -227,8 +227,48 @@ def test_residual_adds_move_onto_the_rows() -> None:
     for node in lowered.graph.nodes:
         if node.target is aten.add.Tensor:  # every add now takes rows, none a view back to N, C, H, W
             assert not any(getattr(a, "target", None) is aten.permute.default for a in node.args), node.format_node()
+    # its ReLU6 before a quantize step stays off the rows: the calibrated range lies inside [0, 6]
+    clamps = [n for n in final.graph.nodes if n.target is aten.hardtanh.default]  # type: ignore[attr-defined]
+    assert clamps
+    for node in lowered.graph.nodes:
+        assert node.target is not aten.hardtanh.default or node.args[0].target is not aten.linear.default
     x = engine.first_row_repeated(example, 2)[0]
     _close(_outputs(lowered, x), _outputs(final, x))
+
+
+@pytest.mark.parametrize(
+    "op, bounds, scale, zero_point, redundant",
+    [
+        ("hardtanh", (0.0, 6.0), 6.0 / 255, 0, True),  # a calibrated ReLU6 output: [0, 6]
+        ("hardtanh", (0.0, 6.0), 5.0 / 255, 0, True),  # a narrower range (percentile, entropy)
+        ("hardtanh", (0.0, 6.0), 8.0 / 255, 0, False),  # 6 quantizes to 191: the clamp binds
+        ("hardtanh", (0.0, 6.0), 6.0 / 255, 3, False),  # 0 quantizes to 3, above quant_min
+        ("hardtanh", (0.0, 6.0), 6.0 / 254.5, 0, False),  # 6 lands on a rounding tie: not decided
+        ("relu", (), 0.02, 0, True),
+        ("relu", (), 0.02, 1, False),
+        ("clamp", (None, 6.0), 6.0 / 255, 0, True),
+    ],
+)
+def test_a_clamp_the_quantize_step_already_does_is_recognised(
+    op: str, bounds: tuple[float | None, ...], scale: float, zero_point: int, redundant: bool
+) -> None:
+    """``quantize(clamp(x))`` equals ``quantize(x)`` exactly when the clamp's bounds lie outside
+    the quantized range; the products then leave the clamp out. Checked on values around both
+    bounds, every rounding tie included."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+    aten, quantize = torch.ops.aten, torch.ops.quantized_decomposed.quantize_per_tensor.default
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    clamp = g.call_function(getattr(aten, op).default, (x, *bounds))
+    g.output(g.call_function(quantize, (clamp, scale, zero_point, 0, 255, torch.uint8)))
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    assert matmul._within_quantize_range(clamp) is redundant
+    steps = torch.arange(-20.0, 280.0, 0.25, dtype=torch.float64)  # in quantization steps, ties included
+    values = ((steps - zero_point) * scale).float()
+    clamped = gm(values)
+    unclamped = quantize(values, scale, zero_point, 0, 255, torch.uint8)
+    assert bool((clamped == unclamped).all()) is redundant
 
 
 def test_a_variant_torch_cannot_compile_is_reported_and_left_out(digits) -> None:  # type: ignore[no-untyped-def]
