@@ -146,6 +146,7 @@ class ShapeChoice:
     attempts: list[Attempt] = field(default_factory=list)
     fp32_layers: tuple[str, ...] = ()  # what this shape's model keeps in FP32 (beyond --exclude)
     matmul_layers: tuple[str, ...] = ()  # its convolutions computed as INT8 matrix products
+    max_pools: tuple[str, ...] = ()  # its INT8 max poolings, tried in FP32 like the layers
     verdict: str = ""
     errors: list[str] = field(default_factory=list)  # variants torch failed to compile
 
@@ -155,6 +156,7 @@ class ShapeChoice:
             "length": self.length,
             "fp32_layers": list(self.fp32_layers),
             "matmul_layers": list(self.matmul_layers),
+            "max_pools": list(self.max_pools),
             "verdict": self.verdict,
             "errors": list(self.errors),
             "attempts": [a.to_dict() for a in self.attempts],
@@ -363,6 +365,7 @@ def choose(
         ]
         candidates = [t for t in choice.layers if t.faster_in_fp32]
     pools = tuple(graph.quantized_max_pools(int8_graph)) if comparable else ()
+    choice.max_pools = pools
     trials: list[tuple[str, ...]] = []
     if candidates:
         trials.append(tuple(t.name for t in candidates))

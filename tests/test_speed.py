@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from qcli import api, engine, graph, hardware, matmul, speed
 from qcli.artifact import load_artifact, read_metadata
 from qcli.calibrate import identity_track
+from qcli.cli.render import speed_table
 from qcli.config import Recipe
 from qcli.convert import SpeedPlan, finalize, quantize
 from qcli.demo.model import ONet48
@@ -158,3 +159,7 @@ def test_max_pooling_on_int8_values_is_tried_in_fp32(tmp_path: Path, monkeypatch
     assert [a.fp32_layers for a in choice.attempts if not a.matmul_layers] == [tuple(pools)]
     assert choice.fp32_layers == tuple(pools) and graph.quantized_max_pools(chosen) == []
     assert choice.verdict == "features.3 (max pooling), features.7 (max pooling) in FP32"
+    # the report's line for the shape names the poolings as such in the attempt too
+    _, lines = speed_table([choice.to_dict()])
+    assert choice.to_dict()["max_pools"] == pools
+    assert "(features.3 (max pooling), features.7 (max pooling) in FP32: 1.25x [1.20, 1.30]" in lines[0]

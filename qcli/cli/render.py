@@ -284,7 +284,8 @@ def speed_table(shapes: list[dict[str, Any]]) -> tuple[list[Table], list[str]]:
     lines = []
     for shape in shapes:
         tried = [
-            f"{speed.describe(a['fp32_layers'], a.get('matmul_layers', []))}: {a['speedup']['value']:.2f}x [{a['speedup']['low']:.2f}, "
+            f"{speed.describe(a['fp32_layers'], a.get('matmul_layers', []), shape.get('max_pools', []))}: "
+            f"{a['speedup']['value']:.2f}x [{a['speedup']['low']:.2f}, "
             f"{a['speedup']['high']:.2f}] ({a['int8_ms']:.3f} -> {a['mixed_ms']:.3f} ms)"
             for a in shape["attempts"]
         ]
