@@ -236,12 +236,13 @@ def _within_quantize_range(node: Node) -> bool:
     aten = torch.ops.aten
     if node.op != "call_function" or node.kwargs or len(node.users) != 1:
         return False
-    bounds: tuple[Any, ...]
+    given: list[Any] = list(node.args[1:3])  # the bounds passed; the op's defaults for the rest
     if node.target is aten.relu.default:
-        bounds = (0.0, None)
-    elif node.target in (aten.hardtanh.default, aten.clamp.default):
-        defaults = (-1.0, 1.0) if node.target is aten.hardtanh.default else (None, None)
-        bounds = (tuple[Any, ...](node.args[1:3]) + defaults[len(node.args) - 1 :])[:2]
+        bounds = [0.0, None]
+    elif node.target is aten.hardtanh.default:
+        bounds = given + [-1.0, 1.0][len(given) :]
+    elif node.target is aten.clamp.default:
+        bounds = given + [None, None][len(given) :]
     else:
         return False
     quantize = next(iter(node.users))
