@@ -44,25 +44,8 @@ def child(calls: int) -> None:
         op = torch.ops.onednn.qconv_pointwise
         # the arguments a package passes: INT8 input and its scale / zero point, packed weight with
         # per-channel scales, bias, stride, padding, dilation, groups, output scale / zero point
-        call_args = (
-            x,
-            0.02,
-            3,
-            packed,
-            w_scale,
-            w_zp,
-            bias,
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            channels,
-            0.05,
-            0,
-            None,
-            "relu",
-            [],
-            "",
-        )
+        call_args = (x, 0.02, 3, packed, w_scale, w_zp, bias, [1, 1], [1, 1], [1, 1],
+                     channels, 0.05, 0, None, "relu", [], "")  # fmt: skip
         for _ in range(200):
             op(*call_args)
         sys.stdout.flush()
@@ -97,6 +80,7 @@ def main() -> int:
     walls = json.loads(run_child(False).stderr.strip().splitlines()[-1])
     run = run_child(True)
     execs: list[list[float]] = []
+    times: list[float] = []
     inside = False
     for line in run.stdout.splitlines():
         if line.startswith("qcli-conv-setup-start"):
