@@ -310,7 +310,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         layers = f"{r['int8_layers']} of {r['layers']}" if "layers" in r else "-"
         for batch, kept in (r.get("fp32_for_speed") or {}).items():  # the layers each batch size keeps FP32
             pools = f" + {len(kept['other'])} poolings" if kept["other"] else ""
-            products = f", {len(kept['products'])} convs as products" if kept.get("products") else ""
+            n = len(kept.get("products") or [])
+            products = f", {n} conv{'s' * (n != 1)} as product{'s' * (n != 1)}" if n else ""
             layers += f"; b{batch}: {len(kept['layers'])} FP32{pools}{products}"
         size = f"{r['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in r else "-"
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
